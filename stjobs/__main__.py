@@ -1,0 +1,3 @@
+from stjobs.cli import main
+
+main()

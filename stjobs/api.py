@@ -1,0 +1,63 @@
+"""The public Python API. The CLI is a thin layer over these functions."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from stjobs.backends import backend_module
+from stjobs.errors import StjobsError
+from stjobs.jobs import JobRecord, JobStatus, list_records, load_record
+from stjobs.plan import Plan, write_plan
+from stjobs.spec import JobSpec
+
+
+def render(spec: JobSpec, backend: str = "local") -> Plan:
+    """The plan for ``spec`` on ``backend``: pure, the same spec always gives byte-identical files."""
+    return backend_module(backend).render(spec)
+
+
+def render_to(spec: JobSpec, out_dir: str | Path, backend: str = "local", force: bool = False) -> Plan:
+    plan = render(spec, backend)
+    write_plan(plan, out_dir, overwrite=force)
+    return plan
+
+
+def submit(spec: JobSpec, backend: str = "local", **options: Any) -> JobRecord:
+    module = backend_module(backend)
+    return module.submit(module.render(spec), **options)
+
+
+def status(job_id: str | None = None) -> list[JobStatus]:
+    records = [load_record(job_id)] if job_id else list_records()
+    return [backend_module(record.backend).status(record) for record in records]
+
+
+def job_status(job_id: str) -> JobStatus:
+    return status(job_id)[0]
+
+
+def logs(job_id: str, follow: bool = False, rank: int | None = None) -> Iterator[str]:
+    record = load_record(job_id)
+    return backend_module(record.backend).logs(record, follow=follow, rank=rank)
+
+
+def cancel(job_id: str) -> JobStatus:
+    record = load_record(job_id)
+    return backend_module(record.backend).cancel(record)
+
+
+def wait(job_id: str, timeout_s: float | None = None, poll_s: float = 1.0) -> JobStatus:
+    """Block until the job has finished (or ``timeout_s`` passed) and return its last status."""
+    deadline = None if timeout_s is None else time.monotonic() + timeout_s
+    record = load_record(job_id)
+    module = backend_module(record.backend)
+    while True:
+        current = module.status(record)
+        if current.state.finished:
+            return current
+        if deadline is not None and time.monotonic() > deadline:
+            raise StjobsError(f"wait: job {record.job_id} still {current.state.value} after {timeout_s} s")
+        time.sleep(poll_s)

@@ -1,0 +1,38 @@
+"""Artifacts every backend renders the same way: the node launch script and the resolved spec."""
+
+from __future__ import annotations
+
+import yaml
+
+from stjobs.launch import RUNTIME_VARS, LaunchPlan
+from stjobs.plan import RenderedFile
+from stjobs.spec import JobSpec
+from stjobs.templating import render_template
+
+NODE_SCRIPT = "launch.sh"
+SPEC_FILE = "stjobs.yaml"
+
+
+def node_script(spec: JobSpec, launch: LaunchPlan) -> RenderedFile:
+    text = render_template(
+        "node_launch.sh.j2",
+        name=spec.name,
+        required=launch.required_vars,
+        descriptions=RUNTIME_VARS,
+        secrets=launch.secrets,
+        env=launch.env,
+        workdir=spec.workdir,
+        argv=launch.argv,
+    )
+    return RenderedFile(NODE_SCRIPT, text, executable=True)
+
+
+def spec_file(spec: JobSpec) -> RenderedFile:
+    """The spec as validated, defaults filled in: what actually ran, next to what ran it."""
+    data = spec.model_dump(mode="json")
+    header = "# The job spec as stjobs validated it (defaults filled in). Secret names only, never values.\n"
+    return RenderedFile(SPEC_FILE, header + yaml.safe_dump(data, sort_keys=False, default_flow_style=False))
+
+
+def launch_files(launch: LaunchPlan) -> list[RenderedFile]:
+    return [RenderedFile(path, content) for path, content in launch.files]

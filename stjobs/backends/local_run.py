@@ -1,0 +1,118 @@
+"""The supervisor of one local job: ``python -m stjobs.backends.local_run JOB_DIR``.
+
+It starts one node launch script per node, ends the others when one fails (as ``srun --kill-on-bad-exit``
+does: a lone survivor would wait at the next collective until its timeout), forwards a cancel, and records
+the outcome in ``status.json``. It imports nothing heavy: the training runs in the children.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import FrameType
+
+from stjobs.backends.common import NODE_SCRIPT
+from stjobs.backends.local import OUTPUT_LOG, STATUS_FILE
+from stjobs.jobs import State, load_record_at, write_json
+
+GRACE_S = 30.0
+
+
+def node_env(job_dir: Path, job_id: str, node: int, nodes: int, details: dict[str, object]) -> dict[str, str]:
+    env = dict(os.environ)  # secrets the spec names come through here, never through a file
+    env.update({
+        "STJOBS_PYTHON": str(details["python"]),
+        "STJOBS_JOB_DIR": str(job_dir),
+        "STJOBS_JOB_ID": job_id,
+        "STJOBS_LOG_DIR": str(job_dir / "logs" / f"node{node}"),
+    })
+    if nodes > 1:
+        env.update({
+            "STJOBS_RDZV_HOST": "127.0.0.1",
+            "STJOBS_RDZV_PORT": str(details["rdzv_port"]),
+            "STJOBS_RDZV_ID": job_id,
+            "STJOBS_NODE_RANK": str(node),
+        })
+    return env
+
+
+def supervise(job_dir: Path) -> int:
+    record = load_record_at(job_dir)
+    started = time.time()
+    status_path = job_dir / STATUS_FILE
+    write_json(status_path, {"state": State.RUNNING.value, "pid": os.getpid(), "started_at": started})
+
+    cancelled = False
+
+    def on_cancel(signum: int, frame: FrameType | None) -> None:
+        nonlocal cancelled
+        cancelled = True
+
+    signal.signal(signal.SIGTERM, on_cancel)
+    signal.signal(signal.SIGINT, on_cancel)
+
+    output = open(job_dir / OUTPUT_LOG, "ab", buffering=0)  # noqa: SIM115 - held by the children until the end
+    nodes: list[subprocess.Popen[bytes]] = []
+    for node in range(record.nodes):
+        nodes.append(subprocess.Popen(
+            ["bash", str(job_dir / NODE_SCRIPT)], cwd=str(record.details["cwd"]),
+            env=node_env(job_dir, record.job_id, node, record.nodes, record.details),
+            stdin=subprocess.DEVNULL, stdout=output, stderr=subprocess.STDOUT,
+            # Each node in a process group of its own, so its workers can be reaped with it.
+            start_new_session=True,
+        ))
+
+    stop_sent_at: float | None = None
+    failed_node: int | None = None
+    while any(process.poll() is None for process in nodes):
+        if failed_node is None:
+            for index, process in enumerate(nodes):
+                if process.returncode not in (None, 0):
+                    failed_node = index
+                    break
+        if (cancelled or failed_node is not None) and stop_sent_at is None:
+            stop_sent_at = time.monotonic()
+            _signal_all(nodes, signal.SIGTERM)
+        if stop_sent_at is not None and time.monotonic() - stop_sent_at > GRACE_S:
+            _signal_groups(nodes, signal.SIGKILL)
+        time.sleep(0.2)
+    # Workers whose agent died abruptly would linger as orphans; their process group still names them.
+    _signal_groups(nodes, signal.SIGKILL)
+
+    codes = [process.returncode for process in nodes]
+    failures = [code for code in codes if code != 0]
+    if cancelled:
+        state, reason = State.CANCELLED, "cancelled by the user"
+    elif not failures:
+        state, reason = State.COMPLETED, ""
+    else:
+        first = failed_node if failed_node is not None else codes.index(failures[0])
+        state, reason = State.FAILED, f"node {first} exited with {codes[first]}; see {OUTPUT_LOG}"
+    exit_code = 0 if not failures else (codes[failed_node] if failed_node is not None else failures[0])
+    write_json(status_path, {"state": state.value, "pid": os.getpid(), "started_at": started,
+                             "ended_at": time.time(), "exit_code": exit_code, "node_exit_codes": codes,
+                             "reason": reason})
+    output.close()
+    return 0
+
+
+def _signal_all(nodes: list[subprocess.Popen[bytes]], signum: int) -> None:
+    for process in nodes:
+        if process.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                process.send_signal(signum)
+
+
+def _signal_groups(nodes: list[subprocess.Popen[bytes]], signum: int) -> None:
+    for process in nodes:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(process.pid, signum)
+
+
+if __name__ == "__main__":
+    sys.exit(supervise(Path(sys.argv[1])))

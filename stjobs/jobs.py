@@ -1,0 +1,115 @@
+"""Job records: what ``submit`` leaves behind so ``status``, ``logs`` and ``cancel`` can find a job later.
+
+Each submitted job has a directory ``$STJOBS_HOME/jobs/<job id>`` (default ``~/.stjobs``) holding the rendered
+files, ``job.json`` (this record) and whatever the backend writes there (logs, exit status).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import time
+from dataclasses import asdict, dataclass, field
+from enum import Enum
+from pathlib import Path
+
+from stjobs.errors import UsageError
+
+
+class State(str, Enum):
+    PENDING = "PENDING"
+    RUNNING = "RUNNING"
+    COMPLETED = "COMPLETED"
+    FAILED = "FAILED"
+    CANCELLED = "CANCELLED"
+    LOST = "LOST"  # the process that watched the job vanished without writing an outcome
+
+    @property
+    def finished(self) -> bool:
+        return self not in (State.PENDING, State.RUNNING)
+
+
+@dataclass(frozen=True)
+class JobRecord:
+    job_id: str
+    backend: str
+    name: str
+    job_dir: str
+    submitted_at: float
+    nodes: int
+    procs_per_node: int
+    # Backend-specific facts (a SLURM job id, a Kubernetes namespace, ...), JSON-serialisable.
+    details: dict[str, object] = field(default_factory=dict)
+
+    def save(self) -> None:
+        path = Path(self.job_dir) / "job.json"
+        write_json(path, asdict(self))
+
+
+@dataclass(frozen=True)
+class JobStatus:
+    record: JobRecord
+    state: State
+    exit_code: int | None = None
+    reason: str = ""
+
+
+def stjobs_home() -> Path:
+    return Path(os.environ.get("STJOBS_HOME") or Path.home() / ".stjobs")
+
+
+def jobs_root() -> Path:
+    return stjobs_home() / "jobs"
+
+
+def new_job_id(name: str) -> str:
+    # Ids are made at submission, never in a renderer: the rendered files stay byte-identical.
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
+    return f"{name}-{stamp}-{secrets.token_hex(2)}"
+
+
+def load_record(job_id: str) -> JobRecord:
+    path = jobs_root() / job_id / "job.json"
+    if not path.is_file():
+        matches = sorted(p.name for p in jobs_root().glob(f"{job_id}*") if (p / "job.json").is_file())
+        if len(matches) == 1:
+            path = jobs_root() / matches[0] / "job.json"
+        elif matches:
+            raise UsageError(f"job: {job_id!r} matches several jobs ({', '.join(matches[:5])}); give more of the id")
+        else:
+            raise UsageError(f"job: no job {job_id!r} under {jobs_root()}; `stjobs status` lists them")
+    return load_record_at(path.parent)
+
+
+def load_record_at(job_dir: Path) -> JobRecord:
+    data = json.loads((job_dir / "job.json").read_text(encoding="utf-8"))
+    return JobRecord(**data)
+
+
+def list_records() -> list[JobRecord]:
+    root = jobs_root()
+    if not root.is_dir():
+        return []
+    records = []
+    for path in root.glob("*/job.json"):
+        try:
+            records.append(JobRecord(**json.loads(path.read_text(encoding="utf-8"))))
+        except (OSError, ValueError, TypeError):
+            continue  # a job directory being written right now, or damaged by hand: not ours to fail on
+    return sorted(records, key=lambda record: (record.submitted_at, record.job_id))
+
+
+def write_json(path: Path, data: object) -> None:
+    # Written whole and renamed, so a reader never sees half a file.
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def read_json(path: Path) -> dict[str, object] | None:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None

@@ -1,0 +1,186 @@
+"""The launch plan: the one argv and environment every backend runs on each node, computed once here.
+
+Values that only exist when the job runs (the rendezvous host, the job id, the interpreter) are :class:`Ref`
+placeholders over ``STJOBS_*`` variables. Each backend's node script sets those variables; the argv itself never
+changes between backends, so a bug fixed here is fixed everywhere.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import yaml
+
+from stjobs.spec import JobSpec, Launcher, Strategy
+
+# The variables a node script must provide, and what they mean.
+RUNTIME_VARS: dict[str, str] = {
+    "STJOBS_PYTHON": "the Python interpreter (default python3)",
+    "STJOBS_JOB_DIR": "the directory holding the rendered files (set by the node script itself)",
+    "STJOBS_LOG_DIR": "where torchrun writes one log per rank",
+    "STJOBS_RDZV_HOST": "the host every node meets at (multi-node only)",
+    "STJOBS_RDZV_PORT": "the TCP port of the rendezvous (multi-node only)",
+    "STJOBS_RDZV_ID": "an id shared by the nodes of one job run (multi-node only)",
+    "STJOBS_NODE_RANK": "this node's index (accelerate multi-node only; torchrun c10d assigns ranks itself)",
+}
+_REF = re.compile(r"\$\{([A-Z_][A-Z0-9_]*)(?::-([^}\"'`\\$]*))?\}")
+
+
+@dataclass(frozen=True)
+class Ref:
+    """An argument built from run-time variables, e.g. ``${STJOBS_RDZV_HOST}:${STJOBS_RDZV_PORT}``.
+
+    Only stjobs code builds these (never user input), so the text is safe inside double quotes in a shell.
+    """
+
+    template: str
+
+    def __post_init__(self) -> None:
+        leftover = _REF.sub("", self.template)
+        if any(char in leftover for char in "\"`\\$"):
+            raise ValueError(f"unsafe characters in Ref template {self.template!r}")
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(match.group(1) for match in _REF.finditer(self.template))
+
+    def resolve(self, values: Mapping[str, str]) -> str:
+        def one(match: re.Match[str]) -> str:
+            name, default = match.group(1), match.group(2)
+            if name in values and values[name] != "":
+                return values[name]
+            if default is not None:
+                return default
+            raise KeyError(name)
+
+        return _REF.sub(one, self.template)
+
+
+Arg = str | Ref
+
+
+def shell_word(arg: Arg) -> str:
+    """One shell word: user strings single-quoted by shlex, our run-time refs double-quoted so they expand."""
+    return f'"{arg.template}"' if isinstance(arg, Ref) else shlex.quote(arg)
+
+
+def shell_line(argv: tuple[Arg, ...]) -> str:
+    return " ".join(shell_word(arg) for arg in argv)
+
+
+@dataclass(frozen=True)
+class LaunchPlan:
+    argv: tuple[Arg, ...]
+    env: tuple[tuple[str, str], ...]
+    secrets: tuple[str, ...]
+    # Extra files the argv refers to, relative to the job directory (e.g. the accelerate config).
+    files: tuple[tuple[str, str], ...]
+    required_vars: tuple[str, ...]
+
+    def resolve_argv(self, values: Mapping[str, str]) -> list[str]:
+        return [arg.resolve(values) if isinstance(arg, Ref) else arg for arg in self.argv]
+
+
+PYTHON = Ref("${STJOBS_PYTHON:-python3}")
+LOG_DIR = Ref("${STJOBS_LOG_DIR}")
+RDZV_ENDPOINT = Ref("${STJOBS_RDZV_HOST}:${STJOBS_RDZV_PORT}")
+ACCELERATE_CONFIG = "accelerate.yaml"
+
+
+def build_launch(spec: JobSpec) -> LaunchPlan:
+    argv: list[Arg]
+    files: tuple[tuple[str, str], ...] = ()
+    if spec.launcher is Launcher.accelerate:
+        argv, files = _accelerate_argv(spec)
+    elif spec.strategy is Strategy.dp:
+        # DataParallel: one plain process sees every GPU of the node; torchrun would add nothing but a rank 0.
+        argv = [PYTHON, "-u", *_target(spec, module_flag="-m")]
+    else:
+        argv = _torchrun_argv(spec)
+    required = sorted({name for arg in argv if isinstance(arg, Ref) for name in arg.names} - {"STJOBS_PYTHON"})
+    return LaunchPlan(argv=tuple(argv), env=tuple(sorted(launch_env(spec).items())), secrets=spec.secrets,
+                      files=files, required_vars=tuple(required))
+
+
+def launch_env(spec: JobSpec) -> dict[str, str]:
+    env = {
+        # One rank per core slice: torch's default (all cores per rank) oversubscribes and collapsed our
+        # CPU throughput about ten-fold with two ranks.
+        "OMP_NUM_THREADS": str(spec.threads_per_proc),
+        "MKL_NUM_THREADS": str(spec.threads_per_proc),
+        # Fast tokenizers fork-warn and can deadlock once the DataLoader forks.
+        "TOKENIZERS_PARALLELISM": "false",
+        "PYTHONUNBUFFERED": "1",
+        # Console lines carry the global rank, so one combined log can be split per rank later.
+        "TORCHELASTIC_LOG_LINE_PREFIX_TEMPLATE": "[rank${rank}]:",
+        "STJOBS_JOB_NAME": spec.name,
+        "STJOBS_STRATEGY": spec.strategy.value,
+        "STJOBS_OUTPUT_DIR": spec.output_dir,
+    }
+    env.update(spec.env)  # the user's explicit values win (e.g. a different OMP_NUM_THREADS)
+    return env
+
+
+def _target(spec: JobSpec, module_flag: str) -> tuple[str, ...]:
+    entry = spec.entrypoint
+    head = (module_flag, entry.module) if entry.module is not None else (entry.script or "",)
+    return (*head, *entry.args)
+
+
+def _torchrun_argv(spec: JobSpec) -> list[Arg]:
+    argv: list[Arg] = [PYTHON, "-m", "torch.distributed.run"]
+    if spec.nodes == 1:
+        # --standalone picks a free port itself: single-node jobs never collide on a fixed one.
+        argv += ["--standalone", "--nnodes", "1"]
+    else:
+        # c10d rendezvous; no --node-rank: c10d ignores it and assigns ranks in arrival order.
+        argv += ["--nnodes", str(spec.nodes), "--rdzv-backend", "c10d", "--rdzv-endpoint", RDZV_ENDPOINT,
+                 "--rdzv-id", Ref("${STJOBS_RDZV_ID}"), "--rdzv-conf", f"join_timeout={spec.rendezvous.timeout_s}"]
+    argv += ["--nproc-per-node", str(spec.procs_per_node), "--max-restarts", str(spec.max_restarts)]
+    # Every rank's output goes to its own file and, prefixed with its rank, to the node's console.
+    argv += ["--log-dir", LOG_DIR, "--redirects", "3", "--tee", "3"]
+    argv += list(_target(spec, module_flag="--module"))
+    return argv
+
+
+def _accelerate_argv(spec: JobSpec) -> tuple[list[Arg], tuple[tuple[str, str], ...]]:
+    argv: list[Arg] = [PYTHON, "-m", "accelerate.commands.launch",
+                       "--config_file", Ref("${STJOBS_JOB_DIR}/" + ACCELERATE_CONFIG)]
+    if spec.nodes > 1:
+        argv += ["--machine_rank", Ref("${STJOBS_NODE_RANK}"), "--main_process_ip", Ref("${STJOBS_RDZV_HOST}"),
+                 "--main_process_port", Ref("${STJOBS_RDZV_PORT}")]
+    argv += list(_target(spec, module_flag="-m"))
+    return argv, ((ACCELERATE_CONFIG, accelerate_config(spec)),)
+
+
+def accelerate_config(spec: JobSpec) -> str:
+    """accelerate's config file, built as data and dumped, so it is valid YAML by construction."""
+    on_gpu = spec.gpus_per_node > 0
+    distributed = {Strategy.single: "NO", Strategy.fsdp: "FSDP"}.get(
+        spec.strategy, "MULTI_GPU" if on_gpu else "MULTI_CPU")
+    config: dict[str, object] = {
+        "compute_environment": "LOCAL_MACHINE",
+        "distributed_type": distributed,
+        "num_machines": spec.nodes,
+        "num_processes": spec.world_size,
+        "machine_rank": 0,
+        "mixed_precision": "no",
+        "use_cpu": not on_gpu,
+        "same_network": True,
+        "rdzv_backend": "c10d" if spec.nodes > 1 else "static",
+        "main_training_function": "main",
+        "max_restarts": spec.max_restarts,
+    }
+    if spec.strategy is Strategy.fsdp:
+        config["fsdp_config"] = {
+            "fsdp_sharding_strategy": "FULL_SHARD",
+            "fsdp_auto_wrap_policy": "TRANSFORMER_BASED_WRAP",
+            "fsdp_state_dict_type": "FULL_STATE_DICT",
+            # Broadcasting module states from rank 0 fails on CPU; only meaningful with GPUs.
+            "fsdp_sync_module_states": on_gpu,
+            "fsdp_use_orig_params": True,
+        }
+    return yaml.safe_dump(config, sort_keys=True, default_flow_style=False)

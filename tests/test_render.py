@@ -1,0 +1,187 @@
+"""Rendering: golden files for every artifact, purity, atomic writes, and what the render path imports."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import stjobs
+from stjobs.errors import RenderError
+from stjobs.plan import write_plan
+from tests.conftest import EXAMPLES, REPO, offline_env, stjobs_bin
+
+# Where each backend's golden examples live: one directory per example spec under examples/.
+GOLDEN_ROOTS = {"local": EXAMPLES / "local"}
+SPECS = sorted(EXAMPLES.glob("*.yaml"))
+UPDATE = os.environ.get("STJOBS_UPDATE_GOLDEN") == "1"
+
+
+def golden_cases() -> list[tuple[str, Path]]:
+    return [(backend, spec) for backend in GOLDEN_ROOTS for spec in SPECS]
+
+
+def test_there_are_examples() -> None:
+    assert len(SPECS) >= 4
+
+
+@pytest.mark.parametrize("backend,spec_path", golden_cases(), ids=lambda v: getattr(v, "stem", v))
+def test_golden_files(backend: str, spec_path: Path) -> None:
+    """The files under examples/<backend>/ are exactly what the templates produce; regenerate with
+    STJOBS_UPDATE_GOLDEN=1 pytest tests/test_render.py."""
+    plan = stjobs.render(stjobs.load_spec(spec_path), backend)
+    golden = GOLDEN_ROOTS[backend] / spec_path.stem
+    if UPDATE:
+        if golden.exists():
+            shutil.rmtree(golden)
+        write_plan(plan, golden)
+    on_disk = sorted(str(p.relative_to(golden)) for p in golden.rglob("*") if p.is_file())
+    assert on_disk == sorted(item.path for item in plan.files), f"{golden} has other files than the plan"
+    for item in plan.files:
+        path = golden / item.path
+        assert path.read_text(encoding="utf-8") == item.content, f"{path} drifted; regenerate the goldens"
+        assert bool(path.stat().st_mode & 0o100) == item.executable, path
+
+
+@pytest.mark.parametrize("backend,spec_path", golden_cases(), ids=lambda v: getattr(v, "stem", v))
+def test_rendered_shell_parses(backend: str, spec_path: Path) -> None:
+    for path in (GOLDEN_ROOTS[backend] / spec_path.stem).glob("*.sh"):
+        subprocess.run(["bash", "-n", str(path)], check=True)
+
+
+def test_render_is_byte_identical_across_processes(tmp_path: Path) -> None:
+    """Same spec, two separate processes (different hash seeds, clocks and cwd): identical bytes."""
+    spec_path = EXAMPLES / "two-nodes.yaml"
+    outputs = []
+    for index, seed in enumerate(("1", "2")):
+        out = tmp_path / f"out{index}"
+        subprocess.run([stjobs_bin(), "render", str(spec_path), "-o", str(out)], check=True, cwd=tmp_path,
+                       env=offline_env(PYTHONHASHSEED=seed), capture_output=True)
+        outputs.append({p.name: p.read_bytes() for p in out.iterdir()})
+    assert outputs[0] == outputs[1]
+
+
+def test_write_is_all_or_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    plan = stjobs.render(stjobs.load_spec(EXAMPLES / "accelerate.yaml"))
+    target = tmp_path / "out"
+    real_chmod = os.chmod
+    calls = {"n": 0}
+
+    def failing_chmod(path: str | os.PathLike[str], mode: int) -> None:
+        calls["n"] += 1
+        if calls["n"] == 2:  # the second file: one is already written
+            raise OSError(28, "No space left on device")
+        real_chmod(path, mode)
+
+    monkeypatch.setattr(os, "chmod", failing_chmod)
+    with pytest.raises(OSError):
+        write_plan(plan, target)
+    assert list(tmp_path.iterdir()) == [], "neither the target nor a staging directory may remain"
+
+
+def test_non_empty_output_needs_force(tmp_path: Path) -> None:
+    plan = stjobs.render(stjobs.load_spec(EXAMPLES / "tiny-ddp.yaml"))
+    target = tmp_path / "out"
+    target.mkdir()
+    (target / "mine.txt").write_text("keep")
+    with pytest.raises(RenderError, match="not empty"):
+        write_plan(plan, target)
+    assert (target / "mine.txt").read_text() == "keep"
+    write_plan(plan, target, overwrite=True)
+    assert sorted(p.name for p in target.iterdir()) == sorted(item.path for item in plan.files)
+
+
+def test_dry_run_writes_nothing(tmp_path: Path) -> None:
+    done = subprocess.run([stjobs_bin(), "render", str(EXAMPLES / "two-nodes.yaml"), "--dry-run"], cwd=tmp_path,
+                          capture_output=True, text=True, env=offline_env(), check=True)
+    assert "--rdzv-backend c10d" in done.stdout and "launch.sh" in done.stdout
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_secret_values_never_reach_rendered_files(tmp_path: Path) -> None:
+    spec = stjobs.load_spec(EXAMPLES / "custom-script.yaml")
+    assert "HF_TOKEN" in spec.secrets
+    env = offline_env(HF_TOKEN="hf_top_secret_value")
+    out = tmp_path / "out"
+    subprocess.run([stjobs_bin(), "render", str(EXAMPLES / "custom-script.yaml"), "-o", str(out)], check=True,
+                   env=env, capture_output=True)
+    for path in out.rglob("*"):
+        assert "hf_top_secret_value" not in path.read_text()
+
+
+HEAVY = ("torch", "sentence_transformers", "accelerate", "transformers", "kubernetes", "submitit", "datasets")
+
+
+@pytest.mark.parametrize("backend", sorted(GOLDEN_ROOTS))
+def test_render_imports_nothing_heavy(backend: str, tmp_path: Path) -> None:
+    probe = (
+        "import json, sys\n"
+        "from stjobs.cli import main\n"
+        "try:\n"
+        f"    main(['render', {str(EXAMPLES / 'two-nodes.yaml')!r}, '-b', {backend!r},"
+        f" '-o', {str(tmp_path / 'o')!r}])\n"
+        "except SystemExit as done:\n"
+        "    assert not done.code, done.code\n"
+        f"print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in {HEAVY!r})))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True, cwd=REPO,
+                          env=offline_env())
+    assert json.loads(done.stdout.strip().splitlines()[-1]) == []
+    assert (tmp_path / "o" / "launch.sh").is_file()
+
+
+def test_schema_command_prints_json_schema(capsys: pytest.CaptureFixture[str]) -> None:
+    from stjobs.cli import main
+
+    main(["schema"])
+    schema = json.loads(capsys.readouterr().out)
+    assert schema["additionalProperties"] is False
+    assert {"name", "nodes", "procs_per_node", "strategy", "rendezvous"} <= set(schema["properties"])
+
+
+def test_rendered_script_passes_every_string_through_unchanged(tmp_path: Path) -> None:
+    """Run the rendered node script with an interpreter that records what it got: argv and env must arrive
+    exactly as written in the spec, nothing expanded or split by the shell."""
+    workdir = tmp_path / "my work dir"
+    workdir.mkdir()
+    recorder = tmp_path / "record-python"
+    recorder.write_text("#!/bin/sh\nexec " + sys.executable + " -c 'import json, os, sys; json.dump({\"argv\": "
+                        "sys.argv[1:], \"env\": dict(os.environ), \"cwd\": os.getcwd()}, "
+                        "open(os.environ[\"RECORD_TO\"], \"w\"))' \"$@\"\n")
+    recorder.chmod(0o755)
+    out = tmp_path / "out"
+    stjobs.render_to(stjobs.load_spec(EXAMPLES / "custom-script.yaml", [("workdir", str(workdir))]), out)
+    record = tmp_path / "record.json"
+    env = {"PATH": os.environ["PATH"], "STJOBS_PYTHON": str(recorder), "RECORD_TO": str(record),
+           "HF_TOKEN": "x"}
+    subprocess.run(["bash", str(out / "launch.sh")], check=True, env=env, cwd=tmp_path)
+    got = json.loads(record.read_text())
+    spec = stjobs.load_spec(EXAMPLES / "custom-script.yaml")
+    assert got["argv"][-5:] == ["my train.py", *spec.entrypoint.args]
+    assert got["env"]["RUN_NOTE"] == spec.env["RUN_NOTE"]
+    assert got["env"]["STJOBS_OUTPUT_DIR"] == spec.output_dir
+    assert got["cwd"] == str(workdir)
+    assert got["env"]["STJOBS_LOG_DIR"] == str(out / "logs")
+
+
+def test_rendered_script_refuses_a_missing_secret(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    stjobs.render_to(stjobs.load_spec(EXAMPLES / "custom-script.yaml", [("workdir", str(tmp_path))]), out)
+    done = subprocess.run(["bash", str(out / "launch.sh")], env={"PATH": os.environ["PATH"]},
+                          capture_output=True, text=True)
+    assert done.returncode == 64
+    assert "secret HF_TOKEN is not in the environment" in done.stderr
+
+
+def test_multi_node_script_refuses_missing_rendezvous(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    stjobs.render_to(stjobs.load_spec(EXAMPLES / "two-nodes.yaml"), out)
+    done = subprocess.run(["bash", str(out / "launch.sh")], env={"PATH": os.environ["PATH"]},
+                          capture_output=True, text=True, cwd=tmp_path)
+    assert done.returncode == 64
+    assert "STJOBS_RDZV_HOST is not set" in done.stderr
