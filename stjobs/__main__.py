@@ -1,3 +1,3 @@
-from stjobs.cli import main
+from stjobs.cli import run
 
-main()
+run()

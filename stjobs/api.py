@@ -7,11 +7,16 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from typing import TYPE_CHECKING
+
 from stjobs.backends import backend_module
 from stjobs.errors import StjobsError
-from stjobs.jobs import JobRecord, JobStatus, list_records, load_record
-from stjobs.plan import Plan, write_plan
-from stjobs.spec import JobSpec
+from stjobs.plan import write_plan
+
+if TYPE_CHECKING:
+    from stjobs.jobs import JobRecord, JobStatus
+    from stjobs.plan import Plan
+    from stjobs.spec import JobSpec
 
 
 def render(spec: JobSpec, backend: str = "local") -> Plan:
@@ -31,6 +36,8 @@ def submit(spec: JobSpec, backend: str = "local", **options: Any) -> JobRecord:
 
 
 def status(job_id: str | None = None) -> list[JobStatus]:
+    from stjobs.jobs import list_records, load_record  # job control only: keeps `render` light
+
     records = [load_record(job_id)] if job_id else list_records()
     return [backend_module(record.backend).status(record) for record in records]
 
@@ -40,17 +47,23 @@ def job_status(job_id: str) -> JobStatus:
 
 
 def logs(job_id: str, follow: bool = False, rank: int | None = None) -> Iterator[str]:
+    from stjobs.jobs import load_record
+
     record = load_record(job_id)
     return backend_module(record.backend).logs(record, follow=follow, rank=rank)
 
 
 def cancel(job_id: str) -> JobStatus:
+    from stjobs.jobs import load_record
+
     record = load_record(job_id)
     return backend_module(record.backend).cancel(record)
 
 
 def wait(job_id: str, timeout_s: float | None = None, poll_s: float = 1.0) -> JobStatus:
     """Block until the job has finished (or ``timeout_s`` passed) and return its last status."""
+    from stjobs.jobs import load_record
+
     deadline = None if timeout_s is None else time.monotonic() + timeout_s
     record = load_record(job_id)
     module = backend_module(record.backend)

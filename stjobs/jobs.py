@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
 import time
 from dataclasses import asdict, dataclass, field
 from enum import Enum
@@ -65,6 +64,7 @@ def jobs_root() -> Path:
 
 def new_job_id(name: str) -> str:
     # Ids are made at submission, never in a renderer: the rendered files stay byte-identical.
+    import secrets
     stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
     return f"{name}-{stamp}-{secrets.token_hex(2)}"
 

@@ -8,13 +8,16 @@ rendering for one backend never imports another backend's client library.
 from __future__ import annotations
 
 import importlib
-from collections.abc import Iterator
-from typing import Any, Protocol, cast
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from stjobs.errors import UsageError
-from stjobs.jobs import JobRecord, JobStatus
-from stjobs.plan import Plan
-from stjobs.spec import JobSpec
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+    from stjobs.jobs import JobRecord, JobStatus
+    from stjobs.plan import Plan
+    from stjobs.spec import JobSpec
 
 
 class Backend(Protocol):

@@ -29,7 +29,7 @@ def node_script(spec: JobSpec, launch: LaunchPlan) -> RenderedFile:
 
 def spec_file(spec: JobSpec) -> RenderedFile:
     """The spec as validated, defaults filled in: what actually ran, next to what ran it."""
-    data = spec.model_dump(mode="json")
+    data = spec.to_data()
     header = "# The job spec as stjobs validated it (defaults filled in). Secret names only, never values.\n"
     return RenderedFile(SPEC_FILE, header + yaml.safe_dump(data, sort_keys=False, default_flow_style=False))
 

@@ -69,12 +69,12 @@ def supervise(job_dir: Path) -> int:
 
     stop_sent_at: float | None = None
     failed_node: int | None = None
-    while any(process.poll() is None for process in nodes):
+    while True:
+        codes_now = [process.poll() for process in nodes]  # poll every node: each poll reaps its own exit
+        if all(code is not None for code in codes_now):
+            break
         if failed_node is None:
-            for index, process in enumerate(nodes):
-                if process.returncode not in (None, 0):
-                    failed_node = index
-                    break
+            failed_node = next((i for i, code in enumerate(codes_now) if code not in (None, 0)), None)
         if (cancelled or failed_node is not None) and stop_sent_at is None:
             stop_sent_at = time.monotonic()
             _signal_all(nodes, signal.SIGTERM)

@@ -1,0 +1,113 @@
+"""Whole-process cost of ``stjobs render`` (2 nodes x 8 GPUs), side by side with its yardsticks, in one run.
+
+Every command runs once per round, rounds interleaved, so machine noise hits all of them alike; we report the
+median and the minimum over rounds and the ratios the issue sets as targets:
+  * TorchX's ``torchx run --dryrun -s slurm dist.ddp -j 2x8`` / stjobs render   (target >= 3)
+  * stjobs render / ``python -c "import submitit"``                             (target <= 1.5)
+  * stjobs render / ``python -c "import jinja2"``                              (the floor: we render with Jinja)
+
+    python benchmarks/bench_render.py [--rounds 15] [--with-torchx]
+
+``--with-torchx`` installs TorchX (no torch needed) into benchmarks/.venv-torchx on first use.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+SPEC = """\
+name: bench
+nodes: 2
+gpus_per_node: 8
+entrypoint:
+  script: train.py
+"""
+
+
+def torchx_binary(install: bool) -> str | None:
+    found = shutil.which("torchx")
+    if found:
+        return found
+    venv = REPO / "benchmarks" / ".venv-torchx"
+    binary = venv / "bin" / "torchx"
+    if not binary.exists() and install:
+        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+        subprocess.run([str(venv / "bin" / "python"), "-m", "pip", "install", "--quiet", "-c",
+                        str(REPO / "constraints.txt"), "torchx"], check=True)
+    return str(binary) if binary.exists() else None
+
+
+def has_module(name: str) -> bool:
+    return subprocess.run([sys.executable, "-c", f"import {name}"], capture_output=True).returncode == 0
+
+
+def commands(work: Path, torchx: str | None) -> dict[str, list[str]]:
+    from stjobs.backends import BACKENDS
+
+    stjobs = [sys.executable, "-m", "stjobs"]
+    out: dict[str, list[str]] = {"python -c pass": [sys.executable, "-c", "pass"],
+                                 "import jinja2": [sys.executable, "-c", "import jinja2"]}
+    if has_module("submitit"):
+        out["import submitit"] = [sys.executable, "-c", "import submitit"]
+    for backend in sorted(BACKENDS):
+        out[f"stjobs render -b {backend}"] = [*stjobs, "render", str(work / "spec.yaml"), "-b", backend,
+                                             "-o", str(work / f"out-{backend}"), "--force"]
+    if torchx:
+        out["torchx dryrun"] = [torchx, "run", "--dryrun", "-s", "slurm", "dist.ddp", "-j", "2x8", "--script",
+                                "train.py"]
+    return out
+
+
+def measure(cases: dict[str, list[str]], rounds: int, cwd: Path) -> dict[str, list[float]]:
+    times: dict[str, list[float]] = {name: [] for name in cases}
+    for name, argv in cases.items():  # one warm-up each: .pyc files, page cache
+        subprocess.run(argv, cwd=cwd, check=True, capture_output=True)
+    for _ in range(rounds):
+        for name, argv in cases.items():
+            start = time.perf_counter()
+            subprocess.run(argv, cwd=cwd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            times[name].append(time.perf_counter() - start)
+    return times
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rounds", type=int, default=15)
+    parser.add_argument("--with-torchx", action="store_true", help="install TorchX for the comparison")
+    options = parser.parse_args()
+    torchx = torchx_binary(options.with_torchx)
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        (work / "spec.yaml").write_text(SPEC)
+        (work / "train.py").write_text("print('hello')\n")
+        times = measure(commands(work, torchx), options.rounds, work)
+
+    median = {name: statistics.median(values) for name, values in times.items()}
+    print(f"{'command':32} {'median ms':>10} {'min ms':>8}")
+    for name, values in times.items():
+        print(f"{name:32} {median[name] * 1000:10.1f} {min(values) * 1000:8.1f}")
+    print()
+    renders = [name for name in median if name.startswith("stjobs render")]
+    for name in renders:
+        if "torchx dryrun" in median:
+            ratio = median["torchx dryrun"] / median[name]
+            print(f"torchx dryrun / {name}: {ratio:.2f}x  (target >= 3)  {'OK' if ratio >= 3 else 'MISSED'}")
+        if "import submitit" in median:
+            ratio = median[name] / median["import submitit"]
+            print(f"{name} / import submitit: {ratio:.2f}x  (target <= 1.5)  {'OK' if ratio <= 1.5 else 'MISSED'}")
+        print(f"{name} / import jinja2: {median[name] / median['import jinja2']:.2f}x")
+    if "torchx dryrun" not in median:
+        print("TorchX not installed: run with --with-torchx for that comparison")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

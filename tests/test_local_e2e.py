@@ -1,0 +1,176 @@
+"""End to end on the local backend: real torchrun, real DDP (gloo), real sentence-transformers training.
+
+Everything goes through the installed ``stjobs`` command, the way a user runs it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from stjobs.train.events import parse_events
+from tests.conftest import EXAMPLES, REPO, offline_env, stjobs_bin
+
+pytestmark = pytest.mark.slow
+
+
+def cli(*args: str, check: bool = True, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+    done = subprocess.run([stjobs_bin(), *args], capture_output=True, text=True, cwd=REPO, env=offline_env(),
+                          timeout=timeout)
+    if check and done.returncode != 0:
+        raise AssertionError(f"stjobs {' '.join(args)} -> {done.returncode}\n{done.stdout}\n{done.stderr}")
+    return done
+
+
+def submitted_id(output: str) -> str:
+    first = output.splitlines()[0]
+    assert first.startswith("submitted "), output
+    return first.split()[1]
+
+
+def state_of(job_id: str) -> dict[str, Any]:
+    result: dict[str, Any] = json.loads(cli("status", job_id, "--json").stdout)
+    return result
+
+
+def train_args(model: Path, out: Path, steps: int, *extra: str) -> str:
+    args = ["--model", str(model), "--train-data", "examples/data/train.jsonl", "--output-dir", str(out),
+            "--max-steps", str(steps), "--per-device-batch-size", "16", "--logging-steps", "5", *extra]
+    return "entrypoint.args=" + json.dumps(args)
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("tiny") / "model"
+    subprocess.run([str(Path(stjobs_bin()).parent / "python"), "-m", "stjobs.train.models", "--tiny-from",
+                    str(EXAMPLES / "data" / "train.jsonl"), "--out", str(out)], check=True, cwd=REPO,
+                   env=offline_env(), capture_output=True)
+    return out
+
+
+def test_two_process_ddp_training(tiny_model: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    done = cli("submit", "examples/tiny-ddp.yaml", "--wait",
+               "--set", train_args(tiny_model, out, 60, "--eval-data", "examples/data/eval.jsonl"))
+    job_id = submitted_id(done.stdout)
+    assert done.stdout.strip().endswith(f"{job_id}: COMPLETED"), done.stdout
+    assert state_of(job_id)["state"] == "COMPLETED"
+
+    log = cli("logs", job_id).stdout
+    events = parse_events(log)
+    starts = {e["rank"]: e for e in events if e["event"] == "start"}
+    assert sorted(starts) == [0, 1], "both ranks joined"
+    assert {e["world_size"] for e in starts.values()} == {2}
+    assert {e["backend"] for e in starts.values()} == {"gloo"}
+    wrapped = [e for e in events if e["event"] == "wrapped"]
+    assert {e["model_wrapper"] for e in wrapped} == {"DistributedDataParallel"}
+    assert {e["distributed_type"] for e in wrapped} == {"MULTI_CPU"}
+
+    losses = [e["loss"] for e in events if e["event"] == "loss"]
+    assert len(losses) >= 6
+    assert sum(losses[-3:]) / 3 < sum(losses[:3]) / 3, f"loss did not decrease: {losses}"
+    scores = {e["when"]: e["score"] for e in events if e["event"] == "eval"}
+    assert scores["after"] > scores["before"], scores
+    throughput = [e for e in events if e["event"] == "throughput"]
+    assert throughput and throughput[0]["samples_per_second"] > 0
+
+    (saved,) = [e["path"] for e in events if e["event"] == "saved"]
+    assert Path(saved) == out / "final"
+    probe = ("import sys; from sentence_transformers import SentenceTransformer; "
+             "m = SentenceTransformer(sys.argv[1]); e = m.encode(['a question', 'an answer']); print(e.shape)")
+    shape = subprocess.run([str(Path(stjobs_bin()).parent / "python"), "-c", probe, saved], check=True,
+                           capture_output=True, text=True, env=offline_env()).stdout.strip()
+    assert shape.startswith("(2, ")
+
+    # Per-rank views: the combined log split by rank prefix, and torchrun's own per-rank files.
+    rank1 = cli("logs", job_id, "--rank", "1").stdout.splitlines()
+    assert rank1 and all(line.startswith("[rank1]:") for line in rank1)
+    assert [e["rank"] for e in parse_events("\n".join(rank1)) if e["event"] == "start"] == [1]
+    job_dir = Path(json.loads(Path(os.environ["STJOBS_HOME"], "jobs", job_id, "job.json").read_text())["job_dir"])
+    per_rank = sorted(p.parent.name for p in job_dir.glob("logs/node0/*/attempt_0/*/stdout.log"))
+    assert per_rank == ["0", "1"]
+
+    table = cli("status").stdout
+    assert job_id in table and "COMPLETED" in table
+
+
+def test_two_local_nodes_meet_at_a_c10d_rendezvous(tiny_model: Path, tmp_path: Path) -> None:
+    done = cli("submit", "examples/two-nodes.yaml", "--wait", "--procs-per-node", "1", "--cpus-per-task", "1",
+               "--set", train_args(tiny_model, tmp_path / "run", 10))
+    job_id = submitted_id(done.stdout)
+    assert state_of(job_id)["state"] == "COMPLETED", cli("logs", job_id).stdout[-3000:]
+    events = parse_events(cli("logs", job_id).stdout)
+    starts = [e for e in events if e["event"] == "start"]
+    assert sorted(e["rank"] for e in starts) == [0, 1]
+    assert {e["world_size"] for e in starts} == {2}
+    assert {e["local_rank"] for e in starts} == {0}, "one process on each of two nodes"
+    job_dir = Path(os.environ["STJOBS_HOME"], "jobs", job_id)
+    assert sorted(p.name for p in (job_dir / "logs").iterdir()) == ["node0", "node1"]
+
+
+def _processes_with(marker: str) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            environ = (entry / "environ").read_bytes()
+        except OSError:
+            continue
+        if marker.encode() in environ.split(b"\0"):
+            found.append(int(entry.name))
+    return found
+
+
+def test_cancel_stops_every_process(tiny_model: Path, tmp_path: Path) -> None:
+    done = cli("submit", "examples/tiny-ddp.yaml", "--set", train_args(tiny_model, tmp_path / "run", 100000))
+    job_id = submitted_id(done.stdout)
+    deadline = time.monotonic() + 180
+    while not any(e["event"] == "loss" for e in parse_events(cli("logs", job_id).stdout)):
+        assert time.monotonic() < deadline, "training never started"
+        assert state_of(job_id)["state"] == "RUNNING"
+        time.sleep(1)
+    assert len(_processes_with(f"STJOBS_JOB_ID={job_id}")) >= 3  # agent + two workers
+    assert cli("cancel", job_id).stdout.strip() == f"{job_id}: CANCELLED"
+    assert state_of(job_id)["state"] == "CANCELLED"
+    time.sleep(0.5)
+    assert _processes_with(f"STJOBS_JOB_ID={job_id}") == []
+
+
+def test_follow_streams_until_the_end(tmp_path: Path) -> None:
+    script = tmp_path / "count.py"
+    script.write_text("import os, time\nfor i in range(5):\n    print('tick', i, os.environ['RANK'], flush=True)\n"
+                      "    time.sleep(0.3)\n")
+    follow = subprocess.Popen([stjobs_bin(), "submit", "examples/tiny-ddp.yaml", "--follow", "--set",
+                               f"entrypoint={{script: {script}}}"], cwd=REPO, env=offline_env(),
+                              stdout=subprocess.PIPE, text=True)
+    assert follow.stdout is not None
+    first = follow.stdout.readline()
+    job_id = submitted_id(first)
+    rest = follow.stdout.read()
+    assert follow.wait(timeout=120) == 0
+    for rank in (0, 1):
+        assert f"[rank{rank}]:tick 4 {rank}" in rest
+    assert rest.strip().endswith(f"{job_id}: COMPLETED")
+
+
+def test_one_failing_node_ends_the_job(tmp_path: Path) -> None:
+    """Like srun --kill-on-bad-exit: when one node's agent fails, the others are stopped, not left waiting."""
+    script = tmp_path / "fail.py"
+    script.write_text("import os, sys, time\nif os.environ['RANK'] == '1':\n    sys.exit(3)\ntime.sleep(600)\n")
+    started = time.monotonic()
+    done = cli("submit", "examples/two-nodes.yaml", "--wait", "--procs-per-node", "1", "--cpus-per-task", "1",
+               "--set", f"entrypoint={{script: {script}}}", "--set", "max_restarts=0", check=False, timeout=300)
+    job_id = submitted_id(done.stdout)
+    assert done.returncode != 0
+    status = state_of(job_id)
+    assert status["state"] == "FAILED" and status["exit_code"] != 0
+    assert "exited with" in status["reason"]
+    assert time.monotonic() - started < 120
+    assert _processes_with(f"STJOBS_JOB_ID={job_id}") == []

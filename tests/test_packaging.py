@@ -1,0 +1,51 @@
+"""A wheel built from the repo carries the templates and renders from a fresh venv, away from the checkout."""
+
+from __future__ import annotations
+
+import filecmp
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import EXAMPLES, REPO
+
+pytestmark = pytest.mark.slow
+
+
+def test_wheel_in_fresh_venv_renders_the_goldens(tmp_path: Path) -> None:
+    dist = tmp_path / "dist"
+    subprocess.run([sys.executable, "-m", "build", "--wheel", "--no-isolation", "--outdir", str(dist), str(REPO)],
+                   check=True, capture_output=True)
+    (wheel,) = dist.glob("stjobs-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    templates = sorted(p.name for p in (REPO / "templates").rglob("*") if p.is_file())
+    assert templates, "the repo has templates"
+    for name in templates:
+        assert f"stjobs/templates/{name}" in names, f"{name} missing from the wheel"
+    assert "stjobs/py.typed" in names
+
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    python = venv / "bin" / "python"
+    subprocess.run([str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
+                    "-c", str(REPO / "constraints.txt"), str(wheel)], check=True, capture_output=True)
+
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    where = subprocess.run([str(python), "-c", "import stjobs, stjobs.templating as t; print(stjobs.__file__); "
+                            "print(t.templates_dir())"], check=True, capture_output=True, text=True,
+                           cwd=elsewhere).stdout.split()
+    assert all(str(venv) in path for path in where), where
+
+    for spec in ("tiny-ddp", "accelerate"):
+        out = elsewhere / spec
+        subprocess.run([str(venv / "bin" / "stjobs"), "render", str(EXAMPLES / f"{spec}.yaml"), "-o", str(out)],
+                       check=True, capture_output=True, cwd=elsewhere)
+        golden = EXAMPLES / "local" / spec
+        files = sorted(p.name for p in golden.iterdir())
+        match, mismatch, errors = filecmp.cmpfiles(golden, out, files, shallow=False)
+        assert (mismatch, errors) == ([], []), f"wheel output differs from {golden}"
+        assert sorted(p.name for p in out.iterdir()) == files
