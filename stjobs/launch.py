@@ -148,7 +148,9 @@ def _torchrun_argv(spec: JobSpec) -> list[Arg]:
 
 def _accelerate_argv(spec: JobSpec) -> tuple[list[Arg], tuple[tuple[str, str], ...]]:
     argv: list[Arg] = [PYTHON, "-m", "accelerate.commands.launch",
-                       "--config_file", Ref("${STJOBS_JOB_DIR}/" + ACCELERATE_CONFIG)]
+                       "--config_file", Ref("${STJOBS_JOB_DIR}/" + ACCELERATE_CONFIG),
+                       # Not a config-file key in accelerate: only the command line takes it.
+                       "--max_restarts", str(spec.max_restarts)]
     if spec.nodes > 1:
         argv += ["--machine_rank", Ref("${STJOBS_NODE_RANK}"), "--main_process_ip", Ref("${STJOBS_RDZV_HOST}"),
                  "--main_process_port", Ref("${STJOBS_RDZV_PORT}")]
@@ -159,8 +161,10 @@ def _accelerate_argv(spec: JobSpec) -> tuple[list[Arg], tuple[tuple[str, str], .
 def accelerate_config(spec: JobSpec) -> str:
     """accelerate's config file, built as data and dumped, so it is valid YAML by construction."""
     on_gpu = spec.gpus_per_node > 0
-    distributed = {Strategy.single: "NO", Strategy.fsdp: "FSDP"}.get(
-        spec.strategy, "MULTI_GPU" if on_gpu else "MULTI_CPU")
+    # accelerate's own CPU mode (use_cpu / MULTI_CPU) starts ONE process unless mpirun is configured: our trial
+    # ran a 2-process spec as world size 1 without a word. MULTI_GPU goes through torchrun's launcher instead,
+    # and on a machine without GPUs the workers then pick gloo themselves (the start event shows it).
+    distributed = {Strategy.single: "NO", Strategy.fsdp: "FSDP"}.get(spec.strategy, "MULTI_GPU")
     config: dict[str, object] = {
         "compute_environment": "LOCAL_MACHINE",
         "distributed_type": distributed,
@@ -168,11 +172,11 @@ def accelerate_config(spec: JobSpec) -> str:
         "num_processes": spec.world_size,
         "machine_rank": 0,
         "mixed_precision": "no",
-        "use_cpu": not on_gpu,
+        "use_cpu": False,
         "same_network": True,
         "rdzv_backend": "c10d" if spec.nodes > 1 else "static",
         "main_training_function": "main",
-        "max_restarts": spec.max_restarts,
+        "debug": False,
     }
     if spec.strategy is Strategy.fsdp:
         config["fsdp_config"] = {

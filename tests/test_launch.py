@@ -86,7 +86,10 @@ def test_accelerate_argv_and_config() -> None:
     (name, text), = plan.files
     config = yaml.safe_load(text)
     assert name == "accelerate.yaml"
-    assert config["distributed_type"] == "MULTI_CPU" and config["use_cpu"] is True
+    # accelerate's CPU mode would start a single process: MULTI_GPU runs torchrun's launcher, gloo on CPU.
+    assert config["distributed_type"] == "MULTI_GPU" and config["use_cpu"] is False
+    assert words[words.index("--max_restarts") + 1] == "0"
+    assert "max_restarts" not in config  # accelerate refuses unknown config keys
     assert (config["num_machines"], config["num_processes"], config["rdzv_backend"]) == (2, 4, "c10d")
 
 

@@ -100,6 +100,16 @@ def test_two_process_ddp_training(tiny_model: Path, tmp_path: Path) -> None:
     assert job_id in table and "COMPLETED" in table
 
 
+def test_accelerate_launcher_runs_two_processes(tiny_model: Path, tmp_path: Path) -> None:
+    """accelerate with the generated config: two real DDP ranks, not a silent single process."""
+    done = cli("submit", "examples/accelerate.yaml", "--wait", "--set", train_args(tiny_model, tmp_path / "run", 10))
+    job_id = submitted_id(done.stdout)
+    events = parse_events(cli("logs", job_id).stdout)
+    assert sorted(e["rank"] for e in events if e["event"] == "start") == [0, 1]
+    assert {e["world_size"] for e in events if e["event"] == "start"} == {2}
+    assert {e["model_wrapper"] for e in events if e["event"] == "wrapped"} == {"DistributedDataParallel"}
+
+
 def test_two_local_nodes_meet_at_a_c10d_rendezvous(tiny_model: Path, tmp_path: Path) -> None:
     done = cli("submit", "examples/two-nodes.yaml", "--wait", "--procs-per-node", "1", "--cpus-per-task", "1",
                "--set", train_args(tiny_model, tmp_path / "run", 10))

@@ -1,0 +1,116 @@
+"""Helpers for tests that need the real 2-node SLURM test cluster (slurm/cluster/up.sh).
+
+No tests in here. Typical use in a test module::
+
+    from tests.slurm_cluster import PARTITION, ensure_cluster, wait_for_sacct_state
+
+    @pytest.fixture(scope="session")
+    def slurm() -> None:
+        ensure_cluster()          # raises SlurmClusterUnavailable with the reason
+
+The cluster: nodes n1/n2 (both this machine, 127.0.0.1, 2 CPUs each), partition ``debug``,
+accounting through slurmdbd (so ``sacct`` has real states), config in /etc/slurm.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+UP_SCRIPT = REPO / "slurm" / "cluster" / "up.sh"
+DOWN_SCRIPT = REPO / "slurm" / "cluster" / "down.sh"
+STATE_DIR = Path(os.environ.get("STJOBS_SLURM_STATE", "/var/tmp/stjobs-slurm"))
+
+CLUSTER_NAME = "stjobs"
+PARTITION = "debug"
+NODES: tuple[str, ...] = ("n1", "n2")
+CPUS_PER_NODE = 2
+MAX_TIME_MINUTES = 60  # partition MaxTime
+
+# sacct states after which a job never changes again (sacct -P prints e.g. "CANCELLED by 0")
+TERMINAL_STATES = ("BOOT_FAIL", "CANCELLED", "COMPLETED", "DEADLINE", "FAILED", "NODE_FAIL",
+                   "OUT_OF_MEMORY", "PREEMPTED", "TIMEOUT")
+
+UP_TIMEOUT_S = 600  # includes apt-get install on a fresh machine
+
+
+class SlurmClusterUnavailable(RuntimeError):
+    """The test cluster is not up and could not be brought up."""
+
+
+def _run(args: list[str], timeout: float = 30) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(args, capture_output=True, text=True, timeout=timeout, check=False)
+
+
+def node_states() -> dict[str, str]:
+    """``{node: sinfo state}`` for the test partition; empty if sinfo is missing or fails."""
+    if shutil.which("sinfo") is None:
+        return {}
+    try:
+        proc = _run(["sinfo", "-h", "-N", "-p", PARTITION, "-o", "%N %t"], timeout=15)
+    except subprocess.TimeoutExpired:
+        return {}
+    if proc.returncode != 0:
+        return {}
+    states: dict[str, str] = {}
+    for line in proc.stdout.splitlines():
+        parts = line.split()
+        if len(parts) == 2:
+            states[parts[0]] = parts[1]
+    return states
+
+
+def cluster_ready(require_idle: bool = True) -> bool:
+    """True if both nodes answer and are idle (or, with ``require_idle=False``, usable: idle/mix/alloc)."""
+    ok = {"idle"} if require_idle else {"idle", "mix", "alloc", "comp"}
+    states = node_states()
+    return all(states.get(n) in ok for n in NODES)
+
+
+def ensure_cluster() -> None:
+    """Make sure the 2-node cluster is up; run ``slurm/cluster/up.sh`` if it is not.
+
+    Raises SlurmClusterUnavailable (with up.sh's output) when that is impossible, e.g. not root.
+    """
+    if cluster_ready(require_idle=False):
+        return
+    if os.geteuid() != 0:
+        raise SlurmClusterUnavailable(
+            f"SLURM test cluster is not up (sinfo: {node_states() or 'unavailable'}) and starting it "
+            f"needs root: run `sudo {UP_SCRIPT}`")
+    try:
+        proc = subprocess.run(["bash", str(UP_SCRIPT)], capture_output=True, text=True,
+                              timeout=UP_TIMEOUT_S, check=False)
+    except subprocess.TimeoutExpired as exc:
+        raise SlurmClusterUnavailable(f"{UP_SCRIPT} timed out after {UP_TIMEOUT_S}s") from exc
+    if proc.returncode != 0 or not cluster_ready(require_idle=False):
+        raise SlurmClusterUnavailable(
+            f"{UP_SCRIPT} failed (rc={proc.returncode}); sinfo: {node_states() or 'unavailable'}\n"
+            f"--- stdout\n{proc.stdout[-4000:]}\n--- stderr\n{proc.stderr[-8000:]}")
+
+
+def sacct_state(job_id: str | int) -> str:
+    """Allocation-level state from accounting (``sacct -X -P``).
+
+    E.g. "COMPLETED", "CANCELLED by 0" (without -P it would be truncated to "CANCELLED+"); "" if not known yet.
+    """
+    proc = _run(["sacct", "-j", str(job_id), "-X", "-n", "-P", "-o", "State"], timeout=15)
+    lines = [ln.strip() for ln in proc.stdout.splitlines() if ln.strip()]
+    return lines[-1] if lines else ""
+
+
+def wait_for_sacct_state(job_id: str | int, timeout: float = 120, poll: float = 1.0) -> str:
+    """Poll sacct until the job reaches a terminal state; return it (first word, e.g. "CANCELLED")."""
+    deadline = time.monotonic() + timeout
+    state = ""
+    while time.monotonic() < deadline:
+        state = sacct_state(job_id)
+        word = state.split(" ", 1)[0]
+        if word in TERMINAL_STATES:
+            return word
+        time.sleep(poll)
+    raise TimeoutError(f"job {job_id} not finished after {timeout}s (last sacct state: {state!r})")
