@@ -68,7 +68,7 @@ def commands(work: Path, torchx: str | None) -> dict[str, list[str]]:
 
 def measure(cases: dict[str, list[str]], rounds: int, cwd: Path) -> dict[str, list[float]]:
     times: dict[str, list[float]] = {name: [] for name in cases}
-    for name, argv in cases.items():  # one warm-up each: .pyc files, page cache
+    for argv in cases.values():  # one warm-up each: .pyc files, page cache
         subprocess.run(argv, cwd=cwd, check=True, capture_output=True)
     for _ in range(rounds):
         for name, argv in cases.items():

@@ -22,7 +22,12 @@ _EXPORTS = {
     "Plan": "stjobs.plan", "RenderedFile": "stjobs.plan", "write_plan": "stjobs.plan",
     "JobSpec": "stjobs.spec", "Launcher": "stjobs.spec", "Strategy": "stjobs.spec",
 }
-__all__ = sorted(_EXPORTS)
+__all__ = [
+    "JobRecord", "JobSpec", "JobStatus", "LaunchPlan", "Launcher", "Plan", "RenderError", "RenderedFile",
+    "SpecError", "State", "StjobsError", "Strategy", "SubmitError", "UsageError", "build_launch", "cancel",
+    "job_status", "load_spec", "logs", "render", "render_to", "status", "submit", "validate_spec", "wait",
+    "write_plan",
+]
 
 
 def __getattr__(name: str) -> Any:

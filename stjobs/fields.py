@@ -225,7 +225,7 @@ def build(block: type[B], data: Any, where: str = "") -> B:
         elif field.default is not MISSING:
             values[name] = field.default
         elif field.default_factory is not MISSING:
-            values[name] = field.default_factory()
+            values[name] = field.default_factory()  # type: ignore[operator]  # not MISSING: checked just above
         else:
             raise SpecError(path, None, f"a value (required): {parser.expected}")
     resolve = getattr(block, "_resolve", None)

@@ -39,10 +39,12 @@ def state_of(job_id: str) -> dict[str, Any]:
     return result
 
 
-def train_args(model: Path, out: Path, steps: int, *extra: str) -> str:
-    args = ["--model", str(model), "--train-data", "examples/data/train.jsonl", "--output-dir", str(out),
-            "--max-steps", str(steps), "--per-device-batch-size", "16", "--logging-steps", "5", *extra]
-    return "entrypoint.args=" + json.dumps(args)
+def train_args(model: Path, out: Path, steps: int, *extra: str) -> list[str]:
+    """--set overrides: the built-in entrypoint's arguments, and the spec's output_dir (which reaches the
+    training through STJOBS_OUTPUT_DIR, not through an argument)."""
+    args = ["--model", str(model), "--train-data", "examples/data/train.jsonl", "--max-steps", str(steps),
+            "--per-device-batch-size", "16", "--logging-steps", "5", *extra]
+    return ["--set", "entrypoint.args=" + json.dumps(args), "--set", f"output_dir={out}"]
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +59,7 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_two_process_ddp_training(tiny_model: Path, tmp_path: Path) -> None:
     out = tmp_path / "run"
     done = cli("submit", "examples/tiny-ddp.yaml", "--wait",
-               "--set", train_args(tiny_model, out, 60, "--eval-data", "examples/data/eval.jsonl"))
+               *train_args(tiny_model, out, 60, "--eval-data", "examples/data/eval.jsonl"))
     job_id = submitted_id(done.stdout)
     assert done.stdout.strip().endswith(f"{job_id}: COMPLETED"), done.stdout
     assert state_of(job_id)["state"] == "COMPLETED"
@@ -102,7 +104,7 @@ def test_two_process_ddp_training(tiny_model: Path, tmp_path: Path) -> None:
 
 def test_accelerate_launcher_runs_two_processes(tiny_model: Path, tmp_path: Path) -> None:
     """accelerate with the generated config: two real DDP ranks, not a silent single process."""
-    done = cli("submit", "examples/accelerate.yaml", "--wait", "--set", train_args(tiny_model, tmp_path / "run", 10))
+    done = cli("submit", "examples/accelerate.yaml", "--wait", *train_args(tiny_model, tmp_path / "run", 10))
     job_id = submitted_id(done.stdout)
     events = parse_events(cli("logs", job_id).stdout)
     assert sorted(e["rank"] for e in events if e["event"] == "start") == [0, 1]
@@ -112,7 +114,7 @@ def test_accelerate_launcher_runs_two_processes(tiny_model: Path, tmp_path: Path
 
 def test_two_local_nodes_meet_at_a_c10d_rendezvous(tiny_model: Path, tmp_path: Path) -> None:
     done = cli("submit", "examples/two-nodes.yaml", "--wait", "--procs-per-node", "1", "--cpus-per-task", "1",
-               "--set", train_args(tiny_model, tmp_path / "run", 10))
+               *train_args(tiny_model, tmp_path / "run", 10))
     job_id = submitted_id(done.stdout)
     assert state_of(job_id)["state"] == "COMPLETED", cli("logs", job_id).stdout[-3000:]
     events = parse_events(cli("logs", job_id).stdout)
@@ -139,7 +141,7 @@ def _processes_with(marker: str) -> list[int]:
 
 
 def test_cancel_stops_every_process(tiny_model: Path, tmp_path: Path) -> None:
-    done = cli("submit", "examples/tiny-ddp.yaml", "--set", train_args(tiny_model, tmp_path / "run", 100000))
+    done = cli("submit", "examples/tiny-ddp.yaml", *train_args(tiny_model, tmp_path / "run", 100000))
     job_id = submitted_id(done.stdout)
     deadline = time.monotonic() + 180
     while not any(e["event"] == "loss" for e in parse_events(cli("logs", job_id).stdout)):

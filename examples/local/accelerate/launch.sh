@@ -24,4 +24,4 @@ export TORCHELASTIC_LOG_LINE_PREFIX_TEMPLATE='[rank${rank}]:'
 cd .
 mkdir -p "${STJOBS_LOG_DIR}"
 # exec: the launcher replaces this shell, so a signal sent to the node step reaches it directly.
-exec "${STJOBS_PYTHON:-python3}" -m accelerate.commands.launch --config_file "${STJOBS_JOB_DIR}/accelerate.yaml" --max_restarts 0 -m stjobs.train --model tiny-bert --train-data examples/data/train.jsonl --output-dir outputs/accelerate-ddp --max-steps 30
+exec "${STJOBS_PYTHON:-python3}" -m accelerate.commands.launch --config_file "${STJOBS_JOB_DIR}/accelerate.yaml" --max_restarts 0 -m stjobs.train --model tiny-bert --train-data examples/data/train.jsonl --max-steps 30

@@ -22,4 +22,4 @@ export TRANSFORMERS_OFFLINE=1
 cd .
 mkdir -p "${STJOBS_LOG_DIR}"
 # exec: the launcher replaces this shell, so a signal sent to the node step reaches it directly.
-exec "${STJOBS_PYTHON:-python3}" -m torch.distributed.run --standalone --nnodes 1 --nproc-per-node 2 --max-restarts 0 --log-dir "${STJOBS_LOG_DIR}" --redirects 3 --tee 3 --module stjobs.train --model sentence-transformers/all-MiniLM-L6-v2 --train-data examples/data/train.jsonl --eval-data examples/data/eval.jsonl --output-dir outputs/minilm-demo --max-steps 300 --per-device-batch-size 16 --max-seq-length 64 --save-steps 100
+exec "${STJOBS_PYTHON:-python3}" -m torch.distributed.run --standalone --nnodes 1 --nproc-per-node 2 --max-restarts 0 --log-dir "${STJOBS_LOG_DIR}" --redirects 3 --tee 3 --module stjobs.train --model sentence-transformers/all-MiniLM-L6-v2 --train-data examples/data/train.jsonl --eval-data examples/data/eval.jsonl --max-steps 300 --per-device-batch-size 16 --max-seq-length 64 --save-steps 100

@@ -21,4 +21,4 @@ export TORCHELASTIC_LOG_LINE_PREFIX_TEMPLATE='[rank${rank}]:'
 cd .
 mkdir -p "${STJOBS_LOG_DIR}"
 # exec: the launcher replaces this shell, so a signal sent to the node step reaches it directly.
-exec "${STJOBS_PYTHON:-python3}" -m torch.distributed.run --standalone --nnodes 1 --nproc-per-node 2 --max-restarts 0 --log-dir "${STJOBS_LOG_DIR}" --redirects 3 --tee 3 --module stjobs.train --model tiny-bert --train-data examples/data/train.jsonl --eval-data examples/data/eval.jsonl --output-dir outputs/tiny-ddp --max-steps 60 --per-device-batch-size 16
+exec "${STJOBS_PYTHON:-python3}" -m torch.distributed.run --standalone --nnodes 1 --nproc-per-node 2 --max-restarts 0 --log-dir "${STJOBS_LOG_DIR}" --redirects 3 --tee 3 --module stjobs.train --model tiny-bert --train-data examples/data/train.jsonl --eval-data examples/data/eval.jsonl --max-steps 60 --per-device-batch-size 16

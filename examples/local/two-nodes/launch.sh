@@ -32,4 +32,4 @@ export TORCHELASTIC_LOG_LINE_PREFIX_TEMPLATE='[rank${rank}]:'
 cd .
 mkdir -p "${STJOBS_LOG_DIR}"
 # exec: the launcher replaces this shell, so a signal sent to the node step reaches it directly.
-exec "${STJOBS_PYTHON:-python3}" -m torch.distributed.run --nnodes 2 --rdzv-backend c10d --rdzv-endpoint "${STJOBS_RDZV_HOST}:${STJOBS_RDZV_PORT}" --rdzv-id "${STJOBS_RDZV_ID}" --rdzv-conf join_timeout=300 --nproc-per-node 2 --max-restarts 1 --log-dir "${STJOBS_LOG_DIR}" --redirects 3 --tee 3 --module stjobs.train --model tiny-bert --train-data examples/data/train.jsonl --output-dir outputs/two-nodes --max-steps 40 --save-steps 20
+exec "${STJOBS_PYTHON:-python3}" -m torch.distributed.run --nnodes 2 --rdzv-backend c10d --rdzv-endpoint "${STJOBS_RDZV_HOST}:${STJOBS_RDZV_PORT}" --rdzv-id "${STJOBS_RDZV_ID}" --rdzv-conf join_timeout=300 --nproc-per-node 2 --max-restarts 1 --log-dir "${STJOBS_LOG_DIR}" --redirects 3 --tee 3 --module stjobs.train --model tiny-bert --train-data examples/data/train.jsonl --max-steps 40 --save-steps 20

@@ -1,0 +1,181 @@
+"""Command line of ``python -m stjobs.train``, parsed into one frozen :class:`TrainConfig`.
+
+Standard library only, so the launcher can validate a training command without torch installed. Every bad value
+ends in one line ``stjobs.train: error: <option>: <what was wrong>`` and exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import NoReturn, TypeVar
+
+from stjobs.errors import StjobsError
+
+STRATEGIES = ("ddp", "dp", "fsdp", "single")
+STRATEGY_ENV = "STJOBS_STRATEGY"
+
+# Canonical loss names (sentence-transformers class names) and the short spellings users type.
+LOSSES = (
+    "MultipleNegativesRankingLoss",
+    "CachedMultipleNegativesRankingLoss",
+    "CoSENTLoss",
+    "CosineSimilarityLoss",
+)
+LOSS_ALIASES = {
+    "mnrl": "MultipleNegativesRankingLoss",
+    "cmnrl": "CachedMultipleNegativesRankingLoss",
+    "cached-mnrl": "CachedMultipleNegativesRankingLoss",
+    "cosent": "CoSENTLoss",
+    "cosine": "CosineSimilarityLoss",
+}
+
+DEFAULT_LOGGING_STEPS = 10
+
+_N = TypeVar("_N", int, float)
+
+
+class TrainConfigError(StjobsError):
+    """A training option is invalid; the message names the option, the value and the expected form."""
+
+    exit_code = 2
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    model: str
+    train_data: str
+    output_dir: Path
+    eval_data: str | None = None
+    loss: str | None = None  # None: the default loss for the data kind (see stjobs.train.data)
+    per_device_batch_size: int = 16
+    max_steps: int | None = None  # exactly one of max_steps / epochs is set after parsing
+    epochs: float | None = None
+    learning_rate: float | None = None  # None: 5e-5, or TINY_LEARNING_RATE for a tiny-bert (see models.py)
+    warmup_ratio: float = 0.1
+    save_steps: int | None = None
+    save_total_limit: int = 2
+    logging_steps: int = DEFAULT_LOGGING_STEPS
+    eval_steps: int | None = None
+    seed: int = 42
+    max_seq_length: int | None = None
+    resume: bool = True
+    evaluator: bool = True
+    gather_across_devices: bool = True  # only has an effect with more than one process
+    dataloader_workers: int = 0
+    strategy: str = "ddp"
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        return self.output_dir / "checkpoints"
+
+    @property
+    def final_dir(self) -> Path:
+        return self.output_dir / "final"
+
+    @property
+    def use_evaluator(self) -> bool:
+        return self.evaluator and self.eval_data is not None
+
+
+def _number(kind: Callable[[str], _N], expected: str, ok: Callable[[_N], bool]) -> Callable[[str], _N]:
+    # argparse prefixes the message with "argument --option:", so the line names option, value and expected form.
+    def convert(text: str) -> _N:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"got {text!r}; expected {expected}") from None
+        if not ok(value):
+            raise argparse.ArgumentTypeError(f"got {text!r}; expected {expected}")
+        return value
+
+    return convert
+
+
+positive_int = _number(int, "a positive integer", lambda v: v > 0)
+non_negative_int = _number(int, "an integer >= 0", lambda v: v >= 0)
+positive_float = _number(float, "a positive number", lambda v: v > 0)
+ratio = _number(float, "a number in [0, 1)", lambda v: 0 <= v < 1)
+
+
+def loss_name(text: str) -> str:
+    """The canonical loss class name for ``text`` (case-insensitive, short aliases allowed)."""
+    lowered = text.strip().lower()
+    for name in LOSSES:
+        if name.lower() == lowered:
+            return name
+    if lowered in LOSS_ALIASES:
+        return LOSS_ALIASES[lowered]
+    raise argparse.ArgumentTypeError(f"got {text!r}; expected one of {', '.join(LOSSES)}")
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        # argparse's default prints the whole usage block; a job log wants the reason on one line.
+        self.exit(2, f"{self.prog}: error: {message.replace(chr(10), ' ')}\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="stjobs.train", description="Train a sentence-transformers model (one process per device).")
+    p.add_argument("--model", required=True, help="local SentenceTransformer dir, all-MiniLM-L6-v2, or tiny-bert")
+    p.add_argument("--train-data", required=True, help=".jsonl/.json/.csv/.parquet file, saved dataset dir or name")
+    p.add_argument("--eval-data", default=None, help="held-out data of the same kinds; enables the evaluator")
+    # Under stjobs the spec's output_dir arrives as STJOBS_OUTPUT_DIR; an explicit flag wins.
+    default_output = os.environ.get("STJOBS_OUTPUT_DIR")
+    p.add_argument("--output-dir", required=default_output is None, default=default_output, type=Path)
+    p.add_argument("--loss", type=loss_name, default=None, help=f"one of {', '.join(LOSSES)}")
+    p.add_argument("--per-device-batch-size", type=positive_int, default=16)
+    length = p.add_mutually_exclusive_group()
+    length.add_argument("--max-steps", type=positive_int, default=None)
+    length.add_argument("--epochs", type=positive_float, default=None, help="default 1 when --max-steps is unset")
+    p.add_argument("--learning-rate", type=positive_float, default=None,
+                   help="default 5e-5; 1e-3 for tiny-bert models, which start from random weights")
+    p.add_argument("--warmup-ratio", type=ratio, default=0.1)
+    p.add_argument("--save-steps", type=positive_int, default=None, help="checkpoint every N steps")
+    p.add_argument("--save-total-limit", type=positive_int, default=2)
+    p.add_argument("--logging-steps", type=positive_int, default=DEFAULT_LOGGING_STEPS)
+    p.add_argument("--eval-steps", type=positive_int, default=None, help="also evaluate every N steps")
+    p.add_argument("--seed", type=non_negative_int, default=42)
+    p.add_argument("--max-seq-length", type=positive_int, default=None)
+    p.add_argument("--no-resume", dest="resume", action="store_false", help="ignore existing checkpoints")
+    p.add_argument("--no-evaluator", dest="evaluator", action="store_false")
+    p.add_argument("--gather-across-devices", action=argparse.BooleanOptionalAction, default=True,
+                   help="in-batch negatives from all processes (MultipleNegativesRankingLoss family)")
+    p.add_argument("--dataloader-workers", type=non_negative_int, default=0)
+    return p
+
+
+def validate(config: TrainConfig) -> None:
+    """Cross-option rules; raises :class:`TrainConfigError`."""
+    if config.strategy not in STRATEGIES:
+        raise TrainConfigError(f"{STRATEGY_ENV}: got {config.strategy!r}; expected one of {', '.join(STRATEGIES)}")
+    if config.eval_steps is not None and not config.use_evaluator:
+        raise TrainConfigError(
+            f"--eval-steps: got {config.eval_steps}; expected it only together with --eval-data (and no --no-evaluator)"
+        )
+    if config.strategy == "fsdp" and config.use_evaluator:
+        # The evaluator runs on one process, while FSDP needs every rank in every forward: it would hang or crash.
+        raise TrainConfigError(
+            f"--eval-data: got {config.eval_data!r} with {STRATEGY_ENV}=fsdp; "
+            "expected --no-evaluator (the evaluator is not supported with FSDP yet)"
+        )
+
+
+def parse_config(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> TrainConfig:
+    """Parse the command line (and ``STJOBS_STRATEGY``); prints one line and exits 2 on any bad value."""
+    parser = build_parser()
+    ns = parser.parse_args(list(argv) if argv is not None else sys.argv[1:])
+    env = os.environ if environ is None else environ
+    values = vars(ns)
+    if values["max_steps"] is None and values["epochs"] is None:
+        values["epochs"] = 1.0
+    config = TrainConfig(strategy=env.get(STRATEGY_ENV, "ddp").strip().lower() or "ddp", **values)
+    try:
+        validate(config)
+    except TrainConfigError as exc:
+        parser.error(str(exc))
+    return config

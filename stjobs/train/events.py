@@ -1,0 +1,113 @@
+"""Structured, machine-readable progress lines of the training entrypoint.
+
+Every event is one stdout line ``STJOBS_EVENT {json}`` (compact JSON, sorted keys) that carries at least ``event``
+and ``rank``. Launch tests and the CLI read a job's log back with :func:`parse_events`, so the format is a contract:
+
+=============  ==========  ================================================================================
+event          who emits   fields besides ``event`` and ``rank``
+=============  ==========  ================================================================================
+``start``      every rank  ``world_size``, ``local_rank``, ``strategy``, ``backend`` (null when not distributed),
+                           ``model``, ``train_rows``, ``kind``, ``loss``, ``learning_rate``
+``resumed``    every rank  ``checkpoint`` (absolute path)
+``wrapped``    every rank  ``distributed_type`` (accelerate's name: ``NO``, ``MULTI_CPU``, ``MULTI_GPU``, ``FSDP``),
+                           ``model_wrapper`` (class of the model actually trained, e.g. ``DistributedDataParallel``)
+``loss``       rank 0      ``step``, ``loss`` (mean over ranks and logging window; null if not finite)
+``eval``       rank 0      ``when`` (``before`` / ``during`` with --eval-steps / ``after``), ``metric``, ``score``,
+                           ``step``
+``preempted``  every rank  ``step``, ``checkpoint``, ``signal`` (name, or null on ranks that got no signal)
+``throughput`` rank 0      ``samples_per_second``, ``steps``, ``seconds``, ``global_batch_size``
+``saved``      rank 0      ``path``
+``done``       rank 0      (none)
+=============  ==========  ================================================================================
+
+Standard library only: the launcher side parses these without torch installed.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+from typing import Any, TextIO
+
+PREFIX = "STJOBS_EVENT "
+
+
+def global_rank() -> int:
+    """The global rank torchrun (or SLURM via torchrun) gave this process; 0 when not distributed."""
+    try:
+        return int(os.environ.get("RANK", "0"))
+    except ValueError:
+        return 0
+
+
+def _clean(value: Any) -> Any:
+    # NaN/inf are not JSON; a diverged loss must still produce a line every consumer (jq, JS, Python) can read.
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {str(k): _clean(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_clean(v) for v in value]
+    return value
+
+
+def format_event(event: str, **fields: Any) -> str:
+    """The exact line (without newline) :func:`emit` writes; ``rank`` defaults to the env's global rank."""
+    payload: dict[str, Any] = {"rank": global_rank()}
+    payload.update(fields)
+    payload["event"] = event
+    body = json.dumps(_clean(payload), sort_keys=True, separators=(",", ":"), default=str)
+    return PREFIX + body
+
+
+def emit(event: str, stream: TextIO | None = None, **fields: Any) -> None:
+    """Write one event line and flush at once, so a killed or preempted job still shows what happened."""
+    out = stream if stream is not None else sys.stdout
+    # Flush whatever the process printed before, then write the event as a single small write: under torchrun
+    # several ranks share one pipe, and a single write below PIPE_BUF is never interleaved with another rank's.
+    out.flush()
+    out.write(format_event(event, **fields) + "\n")
+    out.flush()
+
+
+def parse_events(text: str) -> list[dict[str, Any]]:
+    """Every event found in a log, in order.
+
+    Tolerates anything before the marker on a line (torchrun's ``[rank0]:`` / ``[default0]:`` prefixes, SLURM's
+    ``0:`` labels, timestamps) and ignores lines whose JSON is cut or malformed, so a truncated log still parses.
+    """
+    decoder = json.JSONDecoder()
+    events: list[dict[str, Any]] = []
+    for line in text.splitlines():
+        start = line.find(PREFIX)
+        while start != -1:
+            body = line[start + len(PREFIX):].lstrip()
+            try:
+                value, _end = decoder.raw_decode(body)
+            except ValueError:
+                value = None
+            if isinstance(value, dict) and "event" in value:
+                events.append(value)
+            start = line.find(PREFIX, start + len(PREFIX))
+    return events
+
+
+def first(events: list[dict[str, Any]], name: str, rank: int | None = None) -> dict[str, Any] | None:
+    """The first event called ``name`` (optionally from one rank), or None."""
+    for item in events:
+        if item.get("event") == name and (rank is None or item.get("rank") == rank):
+            return item
+    return None
+
+
+def summary(steps: int, seconds: float, samples_per_second: float, global_batch: int, metric: str | None,
+            scores: dict[str, float], final: str) -> str:
+    """The few human-readable lines the main process prints at the end of a run."""
+    lines = [f"stjobs.train: trained {steps} steps in {seconds:.1f} s: {samples_per_second:.1f} samples/s "
+             f"(global batch {global_batch})"]
+    if metric and "before" in scores and "after" in scores:
+        lines.append(f"stjobs.train: eval {metric}: {scores['before']:.4f} -> {scores['after']:.4f}")
+    lines.append(f"stjobs.train: model saved to {final}")
+    return "\n".join(lines)
