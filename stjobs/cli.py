@@ -56,7 +56,10 @@ def cmd_render(args: argparse.Namespace) -> int:
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
-    record = api.submit(spec_from(args), args.backend)
+    options = {"sbatch": True} if args.sbatch else {}
+    if args.sbatch and args.backend != "slurm":
+        raise UsageFailure("--sbatch goes with --backend slurm")
+    record = api.submit(spec_from(args), args.backend, **options)
     print(f"submitted {record.job_id} ({args.backend}, {record.nodes} node(s) x {record.procs_per_node} "
           f"process(es)); files in {record.job_dir}", flush=True)
     if args.follow:
@@ -135,6 +138,8 @@ def build_parser() -> argparse.ArgumentParser:
     _spec_arguments(submit)
     submit.add_argument("--wait", action="store_true", help="wait for the job; exit with its exit code")
     submit.add_argument("--follow", "-f", action="store_true", help="stream the output until the job ends")
+    submit.add_argument("--sbatch", action="store_true",
+                        help="slurm: submit the rendered batch file with plain sbatch instead of submitit")
     submit.set_defaults(run=cmd_submit)
 
     status = commands.add_parser("status", help="one job's state, or a table of all jobs")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from enum import Enum
 from pathlib import Path
@@ -113,3 +114,32 @@ def read_json(path: Path) -> dict[str, object] | None:
     except (OSError, ValueError):
         return None
     return data if isinstance(data, dict) else None
+
+
+def follow_files(paths: Callable[[], list[Path]], finished: Callable[[], bool], follow: bool = False,
+                 rank: int | None = None, poll_s: float = 0.5) -> Iterator[str]:
+    """Lines of a job's log files (found anew on each poll), or one rank's lines (torchrun prefixes each with
+    ``[rankN]:``); with ``follow``, until ``finished()`` says the job has ended."""
+    prefix = f"[rank{rank}]:" if rank is not None else None
+    offsets: dict[Path, int] = {}
+    pending: dict[Path, str] = {}
+    while True:
+        done = finished()  # read before the files: no line written after this check is missed
+        for path in paths():
+            try:
+                with open(path, encoding="utf-8", errors="replace") as handle:
+                    handle.seek(offsets.get(path, 0))
+                    chunk = handle.read()
+                    offsets[path] = handle.tell()
+            except OSError:
+                continue
+            *lines, pending[path] = (pending.get(path, "") + chunk).split("\n")
+            for line in lines:
+                if prefix is None or line.startswith(prefix):
+                    yield line + "\n"
+        if not follow or done:
+            for rest in pending.values():
+                if rest and (prefix is None or rest.startswith(prefix)):
+                    yield rest
+            return
+        time.sleep(poll_s)

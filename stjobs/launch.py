@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import yaml
 
-from stjobs.spec import JobSpec, Launcher, Strategy
+from stjobs.spec import Fabric, JobSpec, Launcher, Strategy
 
 # The variables a node script must provide, and what they mean.
 RUNTIME_VARS: dict[str, str] = {
@@ -88,6 +88,7 @@ PYTHON = Ref("${STJOBS_PYTHON:-python3}")
 LOG_DIR = Ref("${STJOBS_LOG_DIR}")
 RDZV_ENDPOINT = Ref("${STJOBS_RDZV_HOST}:${STJOBS_RDZV_PORT}")
 ACCELERATE_CONFIG = "accelerate.yaml"
+PREEMPTION_SIGNALS = "SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR2"
 
 
 def build_launch(spec: JobSpec) -> LaunchPlan:
@@ -120,7 +121,25 @@ def launch_env(spec: JobSpec) -> dict[str, str]:
         "STJOBS_STRATEGY": spec.strategy.value,
         "STJOBS_OUTPUT_DIR": spec.output_dir,
     }
+    env.update(nccl_env(spec))
     env.update(spec.env)  # the user's explicit values win (e.g. a different OMP_NUM_THREADS)
+    return env
+
+
+def nccl_env(spec: JobSpec) -> dict[str, str]:
+    """Communication presets. The timeout reaches the training as STJOBS_PG_TIMEOUT_S (the Trainer's
+    ddp_timeout): a hung collective then fails the job instead of holding the allocation."""
+    env = {"STJOBS_PG_TIMEOUT_S": str(spec.nccl.timeout_s)}
+    if spec.gpus_per_node:
+        env["TORCH_NCCL_ASYNC_ERROR_HANDLING"] = "1"
+    if spec.nccl.debug:
+        env.update({"NCCL_DEBUG": "INFO", "NCCL_DEBUG_SUBSYS": "INIT,NET", "TORCH_DISTRIBUTED_DEBUG": "DETAIL"})
+    if spec.nccl.fabric is Fabric.infiniband:
+        env.update({"NCCL_IB_DISABLE": "0", "NCCL_SOCKET_IFNAME": "^lo,docker0"})
+    elif spec.nccl.fabric is Fabric.efa:
+        # AWS EFA through the aws-ofi-nccl plugin; fork safety because DataLoader workers fork.
+        env.update({"FI_PROVIDER": "efa", "FI_EFA_USE_DEVICE_RDMA": "1", "FI_EFA_FORK_SAFE": "1",
+                    "NCCL_SOCKET_IFNAME": "^lo,docker0"})
     return env
 
 
@@ -140,6 +159,9 @@ def _torchrun_argv(spec: JobSpec) -> list[Arg]:
         argv += ["--nnodes", str(spec.nodes), "--rdzv-backend", "c10d", "--rdzv-endpoint", RDZV_ENDPOINT,
                  "--rdzv-id", Ref("${STJOBS_RDZV_ID}"), "--rdzv-conf", f"join_timeout={spec.rendezvous.timeout_s}"]
     argv += ["--nproc-per-node", str(spec.procs_per_node), "--max-restarts", str(spec.max_restarts)]
+    # SIGUSR2 is the preemption notice (SLURM --signal; NCCL owns USR1): torchrun forwards the signals it
+    # handles to every worker, which checkpoints and exits. Without this, USR2 kills the agent and orphans them.
+    argv += ["--signals-to-handle", PREEMPTION_SIGNALS]
     # Every rank's output goes to its own file and, prefixed with its rank, to the node's console.
     argv += ["--log-dir", LOG_DIR, "--redirects", "3", "--tee", "3"]
     argv += list(_target(spec, module_flag="--module"))

@@ -34,6 +34,8 @@ NAME_PATTERN = r"[a-z]([a-z0-9-]{0,40}[a-z0-9])?"
 ENV_NAME_PATTERN = r"[A-Za-z_][A-Za-z0-9_]*"
 MODULE_PATTERN = r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*"
 SLURM_NAME = r"[\w.-]+"
+# Mount paths end up inside double quotes next to run-time variables: no quote, '$' or space can appear.
+MOUNT_PATTERN = r"[A-Za-z0-9_./@+-]+:[A-Za-z0-9_./@+-]+(:[a-z]+)?"
 # Linux's default ip_local_port_range: a rendezvous port in here can be taken by any outgoing connection.
 EPHEMERAL_PORTS = (32768, 60999)
 # Names the launcher owns; a user value would silently fight torchrun's own.
@@ -56,6 +58,18 @@ class Strategy(str, Enum):
 class Launcher(str, Enum):
     torchrun = "torchrun"
     accelerate = "accelerate"
+
+
+class Container(str, Enum):
+    none = "none"
+    pyxis = "pyxis"
+    apptainer = "apptainer"
+
+
+class Fabric(str, Enum):
+    none = "none"
+    infiniband = "infiniband"
+    efa = "efa"
 
 
 @dataclass(frozen=True)
@@ -118,9 +132,24 @@ class SlurmOptions:
     qos: str | None = spec_field(Optional(Text("a SLURM QOS name", SLURM_NAME, 200)), None)
     constraint: str | None = spec_field(Optional(Text("a SLURM feature expression, e.g. a100&ib")), None)
     exclusive: bool = spec_field(Boolean(), False)
-    extra_sbatch: tuple[str, ...] = spec_field(Words("a list of sbatch options, e.g. --mail-type=END"), ())
-    setup: tuple[str, ...] = spec_field(Words("a list of shell lines run before the launch, e.g. module load "
-                                              "cuda"), ())
+    extra_sbatch: tuple[str, ...] = spec_field(
+        Words("a list of sbatch options, e.g. --mail-type=END",
+              Text("one sbatch option starting with --, e.g. --mail-type=END", r"--[a-z][a-z-]*(=[^\n]*)?", 500)),
+        ())
+    setup: tuple[str, ...] = spec_field(
+        Words("a list of shell lines run in the batch script before the launch, e.g. module load cuda",
+              Text("one line of shell (no newline)", r"[^\n]+", 2000)), ())
+    container: Container = spec_field(Choice(Container), Container.none)
+    container_mounts: tuple[str, ...] = spec_field(
+        Words("a list of mounts SRC:DST[:FLAGS]",
+              Text("a mount SRC:DST[:FLAGS] of letters, digits and ._/@+-", MOUNT_PATTERN, 1000)), ())
+    signal_lead_s: int = spec_field(Integer(0, 3600, "seconds before the time limit at which the job is told to "
+                                            "checkpoint (0: never), from 0 to 3600"), 120)
+    max_requeues: int = spec_field(Integer(0, 100, "how often a preempted or timed-out job requeues itself, "
+                                           "from 0 to 100"), 3)
+    srun_wait_s: int = spec_field(Integer(1, 86400, "seconds srun waits for the other nodes once one node's task "
+                                          "ended, from 1 to 86400"), 60)
+    mpi: str | None = spec_field(Optional(Text("an srun --mpi plugin name, e.g. pmix", SLURM_NAME, 50)), None)
 
 
 @dataclass(frozen=True)
@@ -129,6 +158,14 @@ class K8sOptions:
                                      r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?", 63), "default")
     service_account: str | None = spec_field(Optional(Text("a Kubernetes service account name",
                                                            r"[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?", 253)), None)
+
+
+@dataclass(frozen=True)
+class NcclOptions:
+    debug: bool = spec_field(Boolean(), False, doc="NCCL_DEBUG=INFO and TORCH_DISTRIBUTED_DEBUG=DETAIL")
+    fabric: Fabric = spec_field(Choice(Fabric), Fabric.none, doc="network preset: none, infiniband, efa")
+    timeout_s: int = spec_field(Integer(60, 86400, "the process-group timeout in seconds, from 60 to 86400"),
+                                1800)
 
 
 @dataclass(frozen=True)
@@ -177,6 +214,7 @@ class JobSpec:
                                                "(default: outputs/NAME)")), None)
     rendezvous: Rendezvous = spec_field(Nested(Rendezvous), doc="port, port_range, timeout_s")
     max_restarts: int = spec_field(Integer(0, 100, "a whole number of restarts from 0 to 100"), 0)
+    nccl: NcclOptions = spec_field(Nested(NcclOptions), doc="debug, fabric, timeout_s")
     slurm: SlurmOptions = spec_field(Nested(SlurmOptions), doc="SLURM options")
     k8s: K8sOptions = spec_field(Nested(K8sOptions), doc="Kubernetes options")
     local: LocalOptions = spec_field(Nested(LocalOptions), doc="local-backend options")
@@ -208,6 +246,9 @@ class JobSpec:
             raise SpecError("launcher", "accelerate", "torchrun with strategy dp (accelerate has no DataParallel)")
         if cpus < procs:
             raise SpecError("cpus_per_task", cpus, f"at least procs_per_node ({procs}): one CPU per process")
+        slurm: SlurmOptions = values["slurm"]
+        if slurm.container is not Container.none and values["image"] is None:
+            raise SpecError("image", None, f"a container image when slurm.container is {slurm.container.value}")
         clash = sorted(set(values["secrets"]) & set(values["env"]))
         if clash:
             raise SpecError(f"env.{clash[0]}", "<hidden>", "a name in env or in secrets, not both")

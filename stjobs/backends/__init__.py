@@ -35,6 +35,7 @@ class Backend(Protocol):
 
 BACKENDS: dict[str, str] = {
     "local": "stjobs.backends.local",
+    "slurm": "stjobs.backends.slurm",
 }
 
 

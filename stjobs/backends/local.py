@@ -19,7 +19,7 @@ from pathlib import Path
 
 from stjobs.backends.common import NODE_SCRIPT, launch_files, node_script, spec_file
 from stjobs.errors import SubmitError
-from stjobs.jobs import JobRecord, JobStatus, State, jobs_root, new_job_id, read_json
+from stjobs.jobs import JobRecord, JobStatus, State, follow_files, jobs_root, new_job_id, read_json
 from stjobs.launch import build_launch
 from stjobs.plan import Plan, write_plan
 from stjobs.spec import JobSpec
@@ -120,26 +120,7 @@ def logs(record: JobRecord, follow: bool = False, rank: int | None = None,
          poll_s: float = 0.5) -> Iterator[str]:
     """The job's combined console, or one rank's lines of it; with ``follow`` until the job ends."""
     path = Path(record.job_dir) / OUTPUT_LOG
-    prefix = f"[rank{rank}]:" if rank is not None else None
-    offset = 0
-    pending = ""
-    while True:
-        finished = status(record).state.finished  # read before the file: no line written after it is missed
-        if path.exists():
-            with open(path, encoding="utf-8", errors="replace") as handle:
-                handle.seek(offset)
-                chunk = handle.read()
-                offset = handle.tell()
-            pending += chunk
-            *lines, pending = pending.split("\n")
-            for line in lines:
-                if prefix is None or line.startswith(prefix):
-                    yield line + "\n"
-        if not follow or finished:
-            if pending and (prefix is None or pending.startswith(prefix)):
-                yield pending
-            return
-        time.sleep(poll_s)
+    return follow_files(lambda: [path], lambda: status(record).state.finished, follow, rank, poll_s)
 
 
 def _supervisor_pid(job_dir: Path) -> int | None:

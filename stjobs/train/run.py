@@ -24,6 +24,7 @@ import logging
 import os
 import re
 import signal
+import socket
 import sys
 import tempfile
 import time
@@ -144,7 +145,9 @@ def train(config: TrainConfig) -> int:
 
     events.emit("start", rank=rank, world_size=world, local_rank=local_rank, strategy=config.strategy,
                 backend=dist.get_backend() if dist.is_initialized() else None, model=config.model,
-                train_rows=len(train_table), kind=kind, loss=loss_name, learning_rate=config.learning_rate)
+                train_rows=len(train_table), kind=kind, loss=loss_name, learning_rate=config.learning_rate,
+                # Which node this rank ran on: SLURM's node name (several nodes may share one host in tests).
+                node=os.environ.get("SLURMD_NODENAME") or socket.gethostname())
 
     loss = data.build_loss(loss_name, model, world, config.gather_across_devices, config.per_device_batch_size)
     evaluator = (data.build_evaluator(eval_table, eval_kind, EVAL_BATCH_SIZE)
@@ -199,6 +202,8 @@ def _training_args(config: TrainConfig, model: Any, world: int, in_batch_negativ
         log_level="warning",
         log_level_replica="error",
         use_cpu=not torch.cuda.is_available(),  # see PartialState(cpu=...) in train()
+        # The spec's nccl.timeout_s: a hung collective fails the job instead of holding the allocation.
+        ddp_timeout=int(os.environ.get("STJOBS_PG_TIMEOUT_S", "1800")),
         **fsdp,
     )
 

@@ -5,7 +5,8 @@ set -euo pipefail
 
 # The rendered files sit beside this script.
 export STJOBS_JOB_DIR="${STJOBS_JOB_DIR:-$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)}"
-export STJOBS_LOG_DIR="${STJOBS_LOG_DIR:-${STJOBS_JOB_DIR}/logs}"
+# One log directory per node: under SLURM several nodes share the job's directory.
+export STJOBS_LOG_DIR="${STJOBS_LOG_DIR:-${STJOBS_JOB_DIR}/logs}${SLURMD_NODENAME:+/${SLURMD_NODENAME}}"
 if [[ -z "${STJOBS_JOB_DIR:-}" ]]; then
   echo "stjobs: STJOBS_JOB_DIR is not set: the directory holding the rendered files (set by the node script itself)" >&2
   exit 64
@@ -17,6 +18,7 @@ export OMP_NUM_THREADS=1
 export PYTHONUNBUFFERED=1
 export STJOBS_JOB_NAME=accelerate-ddp
 export STJOBS_OUTPUT_DIR=outputs/accelerate-ddp
+export STJOBS_PG_TIMEOUT_S=1800
 export STJOBS_STRATEGY=ddp
 export TOKENIZERS_PARALLELISM=false
 export TORCHELASTIC_LOG_LINE_PREFIX_TEMPLATE='[rank${rank}]:'

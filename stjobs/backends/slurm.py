@@ -1,0 +1,172 @@
+"""SLURM backend: a batch script for plain ``sbatch`` and the same job through submitit.
+
+One srun task per node runs the shared node launch script (torchrun with ``--nproc-per-node`` = processes per
+node): never one task per GPU plus torchrun, which makes every GPU visible to several agents. The rendezvous host
+is resolved in the batch script, outside any container, from ``SLURM_JOB_NODELIST``; an empty answer fails the
+job at once instead of falling back to localhost (each node would form a world of its own and hang).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+from stjobs.backends.common import NODE_SCRIPT, launch_files, node_script, spec_file
+from stjobs.launch import Arg, Ref, build_launch
+from stjobs.plan import Plan, RenderedFile
+from stjobs.spec import Container, JobSpec
+from stjobs.templating import render_template
+
+if TYPE_CHECKING:
+    from stjobs.jobs import JobRecord, JobStatus
+
+NAME = "slurm"
+SBATCH_FILE = "job.sbatch"
+LAUNCH = Ref("${STJOBS_JOB_DIR}/" + NODE_SCRIPT)
+SUBMIT_DIR = "${SLURM_SUBMIT_DIR}"
+OUTPUT_PATTERN = "%x-%j.out"
+
+
+def sbatch_parameters(spec: JobSpec) -> dict[str, str | int | bool]:
+    """The one mapping from spec to SLURM: the rendered ``#SBATCH`` lines and submitit both come from here.
+
+    Keys are sbatch long options with '_' for '-' (submitit's spelling); True means a flag without value.
+    """
+    slurm = spec.slurm
+    params: dict[str, str | int | bool] = {
+        "job_name": spec.name,
+        "nodes": spec.nodes,
+        "ntasks_per_node": 1,  # one torchrun agent per node; it starts the per-GPU workers itself
+        "cpus_per_task": spec.cpus_per_task,  # the agent's task holds the CPUs of all its workers
+        "time": spec.time_min,
+        "open_mode": "append",  # a requeued run adds to the same log instead of truncating it
+    }
+    if spec.gpus_per_node:
+        params["gpus_per_node"] = spec.gpus_per_node
+    if spec.mem_gb is not None:
+        params["mem"] = f"{int(spec.mem_gb)}G" if spec.mem_gb == int(spec.mem_gb) else \
+            f"{math.ceil(spec.mem_gb * 1024)}M"
+    for field in ("partition", "account", "qos", "constraint"):
+        value = getattr(slurm, field)
+        if value is not None:
+            params[field] = value
+    if slurm.exclusive:
+        params["exclusive"] = True
+    if slurm.signal_lead_s:
+        # B: the batch shell gets USR2 and forwards it (USR1 belongs to NCCL); then it requeues the job.
+        params["signal"] = f"B:USR2@{slurm.signal_lead_s}"
+        params["requeue"] = True
+    return params
+
+
+def sbatch_option(key: str, value: str | int | bool) -> str:
+    flag = "--" + key.replace("_", "-")
+    return flag if value is True else f"{flag}={value}"
+
+
+def job_setup(spec: JobSpec) -> list[str]:
+    """Shell lines run in the batch script before srun: job id, logs and the rendezvous. submitit runs the same
+    lines (its ``setup``), so both paths meet at the same host and port."""
+    lines = [
+        'export STJOBS_JOB_ID="${SLURM_JOB_ID}"',
+        'export STJOBS_LOG_DIR="${STJOBS_JOB_DIR}/logs/${SLURM_JOB_ID}"',
+    ]
+    if spec.nodes == 1:
+        return lines
+    low, high = spec.rendezvous.port_range
+    port = (str(spec.rendezvous.port) if spec.rendezvous.port is not None
+            # Derived from the job id: two jobs sharing a node get different ports (no EADDRINUSE).
+            else f"$(( {low} + SLURM_JOB_ID % {high - low + 1} ))")
+    return lines + [
+        'STJOBS_RDZV_HOST="$(scontrol show hostnames "${SLURM_JOB_NODELIST:-}" | head -n 1)"',
+        'if [[ -z "${STJOBS_RDZV_HOST}" ]]; then',
+        '  echo "stjobs: no first host in SLURM_JOB_NODELIST=\'${SLURM_JOB_NODELIST:-}\'; refusing to fall back to'
+        ' localhost" >&2',
+        "  exit 65",
+        "fi",
+        "export STJOBS_RDZV_HOST",
+        f"export STJOBS_RDZV_PORT={port}",
+        'export STJOBS_RDZV_ID="${SLURM_JOB_ID}"',
+    ]
+
+
+def srun_options(spec: JobSpec) -> list[Arg]:
+    """srun's own flags: a dead node ends the step (--kill-on-bad-exit) and the others stop waiting after
+    srun_wait_s (--wait) instead of hanging until the time limit."""
+    slurm = spec.slurm
+    options: list[Arg] = ["--kill-on-bad-exit=1", f"--wait={slurm.srun_wait_s}", "--ntasks-per-node=1"]
+    if slurm.mpi:
+        options.append(f"--mpi={slurm.mpi}")  # only when asked: forcing pmix breaks sites without it
+    if slurm.container is Container.pyxis:
+        mounts = ",".join(["${STJOBS_JOB_DIR}:${STJOBS_JOB_DIR}", f"{SUBMIT_DIR}:{SUBMIT_DIR}",
+                           *slurm.container_mounts])
+        options += [f"--container-image={pyxis_image(spec.image or '')}", Ref(f"--container-mounts={mounts}"),
+                    Ref(f"--container-workdir={SUBMIT_DIR}"), "--no-container-mount-home"]
+    return options
+
+
+def node_command(spec: JobSpec) -> list[Arg]:
+    """What each srun task runs: the node launch script, inside Apptainer when asked."""
+    if spec.slurm.container is not Container.apptainer:
+        return ["bash", LAUNCH]
+    binds = ",".join(["${STJOBS_JOB_DIR}", SUBMIT_DIR, *spec.slurm.container_mounts])
+    image = spec.image or ""
+    source = image if image.endswith(".sif") or image.startswith(("docker://", "oras://", "/")) \
+        else f"docker://{image}"
+    gpu = ["--nv"] if spec.gpus_per_node else []
+    return ["apptainer", "exec", *gpu, "--bind", Ref(binds), "--pwd", Ref(SUBMIT_DIR), source, "bash", LAUNCH]
+
+
+def pyxis_image(image: str) -> str:
+    """pyxis/enroot name a registry with '#': ghcr.io/org/img:1 -> ghcr.io#org/img:1 (Docker Hub names stay)."""
+    head, sep, rest = image.partition("/")
+    if sep and ("." in head or ":" in head or head == "localhost") and "#" not in image:
+        return f"{head}#{rest}"
+    return image
+
+
+def render(spec: JobSpec) -> Plan:
+    launch = build_launch(spec)
+    params = sbatch_parameters(spec)
+    options = [sbatch_option(key, value) for key, value in params.items()]
+    options.append(f"--output={OUTPUT_PATTERN}")
+    options += list(spec.slurm.extra_sbatch)  # the one escape hatch, last so it can override
+    batch = render_template(
+        "sbatch.sh.j2", name=spec.name, nodes=spec.nodes, procs_per_node=spec.procs_per_node,
+        sbatch_file=SBATCH_FILE, sbatch_options=options, node_script=NODE_SCRIPT, job_setup=job_setup(spec),
+        user_setup=spec.slurm.setup, signal_lead_s=spec.slurm.signal_lead_s,
+        max_requeues=spec.slurm.max_requeues, srun=["srun", *srun_options(spec), *node_command(spec)],
+    )
+    files = (RenderedFile(SBATCH_FILE, batch, executable=True), node_script(spec, launch), spec_file(spec),
+             *launch_files(launch))
+    notes = [f"output: {OUTPUT_PATTERN} in the directory you submit from"]
+    if spec.secrets:
+        notes.append(f"sbatch passes the submitting environment: export {', '.join(spec.secrets)} first")
+    return Plan(backend=NAME, job_name=spec.name, files=files, command=("sbatch", SBATCH_FILE), launch=launch,
+                spec=spec, notes=tuple(notes))
+
+
+# Side effects live in slurm_submit / slurm_control, imported on first use so `render` stays light.
+def submit(plan: Plan, **options: Any) -> JobRecord:
+    from stjobs.backends import slurm_submit
+
+    return slurm_submit.submit(plan, **options)
+
+
+def status(record: JobRecord) -> JobStatus:
+    from stjobs.backends import slurm_control
+
+    return slurm_control.status(record)
+
+
+def logs(record: JobRecord, follow: bool = False, rank: int | None = None) -> Iterator[str]:
+    from stjobs.backends import slurm_control
+
+    return slurm_control.logs(record, follow=follow, rank=rank)
+
+
+def cancel(record: JobRecord) -> JobStatus:
+    from stjobs.backends import slurm_control
+
+    return slurm_control.cancel(record)

@@ -1,0 +1,123 @@
+"""Submitting a rendered SLURM plan: plain ``sbatch`` of the rendered file, or submitit with the same mapping.
+
+The only SLURM code with side effects. submitit is imported here, inside the function that needs it, and an
+executor can be passed in (tests pass a real one with a chosen folder; nothing is faked).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+from stjobs.backends import slurm
+from stjobs.errors import SubmitError
+from stjobs.jobs import JobRecord, jobs_root, new_job_id
+from stjobs.launch import Arg, Ref
+from stjobs.plan import Plan, write_plan
+from stjobs.spec import JobSpec
+
+
+def submit(plan: Plan, sbatch: bool = False, cwd: str | Path | None = None, executor: Any = None) -> JobRecord:
+    """Write the plan into a new job directory and submit it; on any refusal nothing is left behind."""
+    job_id = new_job_id(plan.job_name)
+    job_dir = jobs_root() / job_id
+    write_plan(plan, job_dir)
+    workdir = Path(cwd or os.getcwd()).resolve()
+    try:
+        if sbatch:
+            slurm_id, details = _submit_sbatch(job_dir, workdir)
+        else:
+            slurm_id, details = _submit_submitit(plan, job_dir, workdir, executor)
+    except BaseException:
+        shutil.rmtree(job_dir, ignore_errors=True)
+        raise
+    record = JobRecord(job_id=job_id, backend=slurm.NAME, name=plan.job_name, job_dir=str(job_dir),
+                       submitted_at=time.time(), nodes=plan.spec.nodes, procs_per_node=plan.spec.procs_per_node,
+                       details={"slurm_job_id": slurm_id, "cwd": str(workdir), **details})
+    record.save()
+    return record
+
+
+def _submit_sbatch(job_dir: Path, workdir: Path) -> tuple[str, dict[str, object]]:
+    output = job_dir / "slurm-%j.out"
+    argv = ["sbatch", "--parsable", f"--output={output}",
+            # ALL keeps the submitting environment (secrets, STJOBS_PYTHON, venv); the job dir is told outright.
+            f"--export=ALL,STJOBS_JOB_DIR={job_dir}", str(job_dir / slurm.SBATCH_FILE)]
+    done = _run(argv, workdir)
+    slurm_id = done.stdout.strip().split(";")[0]
+    if not slurm_id.isdigit():
+        raise SubmitError(f"slurm: sbatch printed no job id ({done.stdout.strip()!r})")
+    return slurm_id, {"mode": "sbatch", "output": str(output).replace("%j", slurm_id)}
+
+
+def _submit_submitit(plan: Plan, job_dir: Path, workdir: Path, executor: Any) -> tuple[str, dict[str, object]]:
+    from stjobs.backends.slurm_task import NodeTask
+
+    spec = plan.spec
+    if executor is None:
+        import submitit
+
+        executor = submitit.SlurmExecutor(folder=str(job_dir / "submitit"))
+    values = {"STJOBS_JOB_DIR": str(job_dir), "SLURM_SUBMIT_DIR": str(workdir)}
+    executor.update_parameters(**submitit_parameters(spec, values))
+    command = [_word(arg, values) for arg in slurm.node_command(spec)]
+    try:
+        job = executor.submit(NodeTask(command=command, cwd=str(workdir), max_requeues=spec.slurm.max_requeues))
+    except Exception as error:  # submitit wraps sbatch's refusal in its own error types
+        raise SubmitError(f"slurm: {_slurm_reason(str(error))}") from None
+    folder = Path(str(executor.folder))
+    return str(job.job_id), {"mode": "submitit", "output": str(folder / f"{job.job_id}_0_log.out"),
+                             "folder": str(folder)}
+
+
+def submitit_parameters(spec: JobSpec, values: dict[str, str]) -> dict[str, Any]:
+    """submitit's parameters from the same mapping as the rendered #SBATCH lines (``values``: the job
+    directory and submit directory, known here and not at render time)."""
+    params = dict(slurm.sbatch_parameters(spec))
+    # Under submitit the batch script is submitit's and traps nothing, so USR2 goes to the tasks (no 'B:'),
+    # where NodeTask forwards it to torchrun and requeues.
+    if "signal" in params:
+        params["signal"] = str(params["signal"]).removeprefix("B:")
+    for extra in spec.slurm.extra_sbatch:
+        key, _, value = extra[2:].partition("=")
+        params[key.replace("-", "_")] = value if value else True
+    return {
+        "additional_parameters": params,  # submitit lets these override its own defaults, key by key
+        "setup": [f"export STJOBS_JOB_DIR={shlex.quote(values['STJOBS_JOB_DIR'])}", *slurm.job_setup(spec),
+                  *spec.slurm.setup],
+        "srun_args": [_word(arg, values) for arg in slurm.srun_options(spec)],
+        "stderr_to_stdout": True,
+    }
+
+
+def _word(arg: Arg, values: dict[str, str]) -> str:
+    # submitit shell-quotes srun_args and the task runs without a shell: resolve run-time refs here.
+    return arg.resolve(values) if isinstance(arg, Ref) else arg
+
+
+def _run(argv: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    try:
+        done = subprocess.run(argv, capture_output=True, text=True, cwd=cwd, timeout=120)
+    except FileNotFoundError:
+        raise SubmitError(f"slurm: {argv[0]} not found; run this on a SLURM login node") from None
+    except subprocess.TimeoutExpired:
+        raise SubmitError(f"slurm: {argv[0]} did not answer in 120 s; is slurmctld reachable?") from None
+    if done.returncode != 0:
+        raise SubmitError(f"slurm: {_slurm_reason(done.stderr or done.stdout)}")
+    return done
+
+
+def _slurm_reason(text: str) -> str:
+    """SLURM's own words, one line: the last 'error:' line says why (e.g. 'Invalid partition name specified')."""
+    errors = [line.split("error:", 1)[1].strip() for line in text.splitlines() if "error:" in line]
+    if errors:
+        reason = errors[-1]
+        return re.sub(r"^Batch job submission failed:\s*", "submission refused: ", reason)
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return lines[-1] if lines else "sbatch failed without a message"
