@@ -202,8 +202,9 @@ class JobSpec:
     time_min: int = spec_field(Integer(1, 525600, "a wall-clock limit in whole minutes from 1 to 525600"), 60)
     strategy: Strategy = spec_field(Choice(Strategy), Strategy.ddp)
     launcher: Launcher = spec_field(Choice(Launcher), Launcher.torchrun)
-    image: str | None = spec_field(Optional(Text("a container image reference, e.g. ghcr.io/org/train:1.0",
-                                                 r"[A-Za-z0-9][A-Za-z0-9._/:@-]*", 512)), None)
+    image: str | None = spec_field(Optional(Text("a container image reference (e.g. ghcr.io/org/train:1.0) or an "
+                                                 "Apptainer .sif path", r"[A-Za-z0-9/][A-Za-z0-9._/:@+-]*", 512)),
+                                   None)
     env: dict[str, str] = spec_field(Table("a mapping of environment variable names to string values",
                                            _check_env_name), {})
     secrets: tuple[str, ...] = spec_field(

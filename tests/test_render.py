@@ -17,7 +17,7 @@ from stjobs.plan import write_plan
 from tests.conftest import EXAMPLES, REPO, offline_env, stjobs_bin
 
 # Where each backend's golden examples live: one directory per example spec under examples/.
-GOLDEN_ROOTS = {"local": EXAMPLES / "local"}
+GOLDEN_ROOTS = {"local": EXAMPLES / "local", "slurm": REPO / "slurm" / "examples"}
 SPECS = sorted(EXAMPLES.glob("*.yaml"))
 UPDATE = os.environ.get("STJOBS_UPDATE_GOLDEN") == "1"
 
@@ -50,7 +50,9 @@ def test_golden_files(backend: str, spec_path: Path) -> None:
 
 @pytest.mark.parametrize("backend,spec_path", golden_cases(), ids=lambda v: getattr(v, "stem", v))
 def test_rendered_shell_parses(backend: str, spec_path: Path) -> None:
-    for path in (GOLDEN_ROOTS[backend] / spec_path.stem).glob("*.sh"):
+    scripts = [p for p in (GOLDEN_ROOTS[backend] / spec_path.stem).iterdir() if p.suffix in (".sh", ".sbatch")]
+    assert scripts
+    for path in scripts:
         subprocess.run(["bash", "-n", str(path)], check=True)
 
 

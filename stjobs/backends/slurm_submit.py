@@ -6,12 +6,16 @@ executor can be passed in (tests pass a real one with a chosen folder; nothing i
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shlex
 import shutil
 import subprocess
+import sys
+import tempfile
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -67,10 +71,12 @@ def _submit_submitit(plan: Plan, job_dir: Path, workdir: Path, executor: Any) ->
     values = {"STJOBS_JOB_DIR": str(job_dir), "SLURM_SUBMIT_DIR": str(workdir)}
     executor.update_parameters(**submitit_parameters(spec, values))
     command = [_word(arg, values) for arg in slurm.node_command(spec)]
-    try:
-        job = executor.submit(NodeTask(command=command, cwd=str(workdir), max_requeues=spec.slurm.max_requeues))
-    except Exception as error:  # submitit wraps sbatch's refusal in its own error types
-        raise SubmitError(f"slurm: {_slurm_reason(str(error))}") from None
+    task = NodeTask(command=command, cwd=str(workdir), max_requeues=spec.slurm.max_requeues)
+    with _captured_stderr() as captured:
+        try:
+            job = executor.submit(task)
+        except Exception as error:  # submitit wraps sbatch's refusal in its own error types
+            raise SubmitError(f"slurm: {_slurm_reason(captured() + str(error))}") from None
     folder = Path(str(executor.folder))
     return str(job.job_id), {"mode": "submitit", "output": str(folder / f"{job.job_id}_0_log.out"),
                              "folder": str(folder)}
@@ -94,6 +100,20 @@ def submitit_parameters(spec: JobSpec, values: dict[str, str]) -> dict[str, Any]
         "srun_args": [_word(arg, values) for arg in slurm.srun_options(spec)],
         "stderr_to_stdout": True,
     }
+
+
+@contextlib.contextmanager
+def _captured_stderr() -> Iterator[Callable[[], str]]:
+    """submitit runs sbatch with our stderr: catch its lines so a refusal is reported once, as one line."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile(mode="w+b") as sink:
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield lambda: (sink.seek(0), sink.read().decode(errors="replace"))[1]
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
 
 
 def _word(arg: Arg, values: dict[str, str]) -> str:

@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Rendered by stjobs for job accelerate-ddp: starts the launcher on one node.
+# Every backend runs this same script; re-render instead of editing it.
+set -euo pipefail
+
+# The rendered files sit beside this script.
+export STJOBS_JOB_DIR="${STJOBS_JOB_DIR:-$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)}"
+# One log directory per node: under SLURM several nodes share the job's directory.
+export STJOBS_LOG_DIR="${STJOBS_LOG_DIR:-${STJOBS_JOB_DIR}/logs}${SLURMD_NODENAME:+/${SLURMD_NODENAME}}"
+if [[ -z "${STJOBS_JOB_DIR:-}" ]]; then
+  echo "stjobs: STJOBS_JOB_DIR is not set: the directory holding the rendered files (set by the node script itself)" >&2
+  exit 64
+fi
+
+export HF_HUB_OFFLINE=1
+export MKL_NUM_THREADS=1
+export OMP_NUM_THREADS=1
+export PYTHONUNBUFFERED=1
+export STJOBS_JOB_NAME=accelerate-ddp
+export STJOBS_OUTPUT_DIR=outputs/accelerate-ddp
+export STJOBS_PG_TIMEOUT_S=1800
+export STJOBS_STRATEGY=ddp
+export TOKENIZERS_PARALLELISM=false
+export TORCHELASTIC_LOG_LINE_PREFIX_TEMPLATE='[rank${rank}]:'
+
+cd .
+mkdir -p "${STJOBS_LOG_DIR}"
+# exec: the launcher replaces this shell, so a signal sent to the node step reaches it directly.
+exec "${STJOBS_PYTHON:-python3}" -m accelerate.commands.launch --config_file "${STJOBS_JOB_DIR}/accelerate.yaml" --max_restarts 0 -m stjobs.train --model tiny-bert --train-data examples/data/train.jsonl --max-steps 30
