@@ -151,10 +151,10 @@ def test_single_node_job(slurm_cluster: None, tiny_model: Path, tmp_path: Path) 
     out = tmp_path / "run"
     done = cli("submit", "examples/tiny-ddp.yaml", "-b", "slurm", "--wait",
                *job_args(tiny_model, out, 10, nodes=1, procs=2))
-    check_trained(job_of(done.stdout), out, world=2, nodes={NODES[0]} if False else set(
-        e["node"] for e in parse_events(cli("logs", job_of(done.stdout)).stdout) if e["event"] == "start"))
-    assert len({e["node"] for e in parse_events(cli("logs", job_of(done.stdout)).stdout)
-                if e["event"] == "start"}) == 1
+    job_id = job_of(done.stdout)
+    (node,) = {e["node"] for e in parse_events(cli("logs", job_id).stdout) if e["event"] == "start"}
+    assert node in NODES
+    check_trained(job_id, out, world=2, nodes={node})
 
 
 @cluster
