@@ -181,12 +181,13 @@ def test_follow_then_cancel(slurm_cluster: None, tiny_model: Path, tmp_path: Pat
 @pytest.mark.parametrize("flags,reason", [
     (["--set", "slurm.partition=nope"], "Invalid partition name specified"),
     (["--cpus-per-task", "64", "--procs-per-node", "2"], "More processors requested than permitted"),
+    (["--time-min", "600"], "Requested time limit is invalid"),  # over the partition's MaxTime
 ])
 def test_slurm_refusals_are_one_clean_line(mode: str, flags: list[str], reason: str, slurm_cluster: None,
                                            tmp_path: Path) -> None:
     extra = ["--sbatch"] if mode == "sbatch" else []
-    done = cli("submit", "examples/tiny-ddp.yaml", "-b", "slurm", "--set", "mem_gb=null", "--set",
-               "time_min=5", *flags, *extra, check=False)
+    done = cli("submit", "examples/tiny-ddp.yaml", "-b", "slurm", "--set", "mem_gb=null", "--time-min", "5",
+               *flags, *extra, check=False)
     assert done.returncode == 1
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("stjobs: error: slurm: "), done.stderr
@@ -197,12 +198,15 @@ def test_slurm_refusals_are_one_clean_line(mode: str, flags: list[str], reason: 
 
 
 @cluster
-def test_preemption_checkpoints_requeues_and_resumes(slurm_cluster: None, tiny_model: Path, tmp_path: Path) -> None:
-    """USR2 to the batch shell (what --signal=B:USR2@lead sends): every rank saves, the job requeues itself and
-    the next run resumes from that checkpoint, then finishes."""
+@pytest.mark.parametrize("mode", ["sbatch", "submitit"])
+def test_preemption_checkpoints_requeues_and_resumes(mode: str, slurm_cluster: None, tiny_model: Path,
+                                                     tmp_path: Path) -> None:
+    """USR2 as SLURM sends it ahead of the time limit (to the batch shell for the rendered file, to the tasks
+    under submitit): every rank saves, the job requeues itself, the next run resumes there and finishes."""
     out = tmp_path / "run"
-    done = cli("submit", "examples/two-nodes.yaml", "-b", "slurm", "--sbatch", "--set", "slurm.max_requeues=1",
-               *job_args(tiny_model, out, 120, 2, 1, "--save-steps", "1000"))
+    flags = ["--sbatch"] if mode == "sbatch" else []
+    done = cli("submit", "examples/two-nodes.yaml", "-b", "slurm", *flags, "--set", "slurm.max_requeues=1",
+               *job_args(tiny_model, out, 400, 2, 1, "--save-steps", "1000"))
     job_id = job_of(done.stdout)
     slurm_id = json.loads(Path(os.environ["STJOBS_HOME"], "jobs", job_id, "job.json").read_text())["details"][
         "slurm_job_id"]
@@ -210,7 +214,8 @@ def test_preemption_checkpoints_requeues_and_resumes(slurm_cluster: None, tiny_m
     while not any(e["event"] == "loss" for e in parse_events(cli("logs", job_id).stdout)):
         assert time.monotonic() < deadline
         time.sleep(1)
-    subprocess.run(["scancel", "--batch", "--signal=USR2", slurm_id], check=True)
+    target = ["--batch"] if mode == "sbatch" else []
+    subprocess.run(["scancel", *target, "--signal=USR2", slurm_id], check=True)
     final = json.loads(cli("status", job_id, "--json").stdout)
     deadline = time.monotonic() + 400
     while final["state"] not in ("COMPLETED", "FAILED", "CANCELLED", "LOST"):
@@ -224,5 +229,6 @@ def test_preemption_checkpoints_requeues_and_resumes(slurm_cluster: None, tiny_m
     assert preempted and all(e["checkpoint"] for e in preempted)
     resumed = [e for e in events if e["event"] == "resumed"]
     assert resumed and resumed[0]["checkpoint"] == preempted[0]["checkpoint"]
-    assert "requeueing job" in log
+    if mode == "sbatch":
+        assert "requeueing job" in log
     assert (out / "final").is_dir()

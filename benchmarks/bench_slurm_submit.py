@@ -1,0 +1,123 @@
+"""Submit -> first training step on the local SLURM test cluster: stjobs against a hand-written sbatch script.
+
+The same 2-node x 1-process DDP job (tiny BERT, examples/data) is submitted three ways, interleaved round by round
+so machine noise hits all alike:
+  * hand-written: a plain sbatch script with srun + torchrun, as a careful user would write it;
+  * stjobs --sbatch: `stjobs submit --backend slurm --sbatch` (the rendered batch file);
+  * stjobs submitit: `stjobs submit --backend slurm` (through submitit).
+Each time runs from the submit command's start until the first step's loss line appears in the job's log.
+Target: stjobs / hand-written <= 1.2. Needs the cluster: `sudo slurm/cluster/up.sh` first.
+
+    python benchmarks/bench_slurm_submit.py [--rounds 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+PYTHON = Path(sys.executable)
+STJOBS = PYTHON.parent / "stjobs"
+FIRST_STEP = '"event":"loss"'
+
+
+def train_args(model: Path, out: Path) -> list[str]:
+    return ["--model", str(model), "--train-data", "examples/data/train.jsonl", "--max-steps", "3",
+            "--logging-steps", "1", "--output-dir", str(out), "--no-resume"]
+
+
+def hand_written(work: Path, model: Path, round_no: int) -> tuple[list[str], Path]:
+    out = work / f"hand-{round_no}.out"
+    args = " ".join(train_args(model, work / f"hand-run-{round_no}"))
+    script = work / f"hand-{round_no}.sbatch"
+    script.write_text(f"""#!/bin/bash
+#SBATCH --job-name=hand
+#SBATCH --nodes=2
+#SBATCH --ntasks-per-node=1
+#SBATCH --cpus-per-task=1
+#SBATCH --time=10
+#SBATCH --output={out}
+export OMP_NUM_THREADS=1 TOKENIZERS_PARALLELISM=false PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
+head_node=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)
+srun {PYTHON} -m torch.distributed.run --nnodes 2 --nproc-per-node 1 --rdzv-backend c10d \\
+  --rdzv-endpoint "$head_node:$((29500 + SLURM_JOB_ID % 500))" --rdzv-id "$SLURM_JOB_ID" -m stjobs.train {args}
+""")
+    return ["sbatch", "--parsable", str(script)], out
+
+
+def stjobs_submit(work: Path, model: Path, round_no: int, sbatch: bool) -> list[str]:
+    args = train_args(model, work / f"stjobs-run-{round_no}-{sbatch}")
+    return [str(STJOBS), "submit", "examples/two-nodes.yaml", "-b", "slurm", "--procs-per-node", "1",
+            "--cpus-per-task", "1", "--set", "mem_gb=null", "--set", "time_min=10",
+            "--set", "entrypoint.args=" + json.dumps(args), *(["--sbatch"] if sbatch else [])]
+
+
+def stjobs_log(stdout: str, home: Path) -> Path:
+    job_id = stdout.split()[1]
+    record = json.loads((home / "jobs" / job_id / "job.json").read_text())
+    return Path(record["details"]["output"])
+
+
+def drain() -> None:
+    """Wait until the cluster is idle: every measurement starts from the same empty queue."""
+    deadline = time.monotonic() + 300
+    while subprocess.run(["squeue", "-h"], capture_output=True, text=True).stdout.strip():
+        if time.monotonic() > deadline:
+            raise RuntimeError("the queue did not drain within 300 s")
+        time.sleep(0.5)
+
+
+def time_to_first_step(argv: list[str], log: Path | None, env: dict[str, str], home: Path) -> float:
+    drain()
+    start = time.perf_counter()
+    done = subprocess.run(argv, cwd=REPO, env=env, capture_output=True, text=True, check=True)
+    path = log if log is not None else stjobs_log(done.stdout, home)
+    deadline = start + 300
+    while time.perf_counter() < deadline:
+        if path.exists() and FIRST_STEP in path.read_text(errors="replace"):
+            return time.perf_counter() - start
+        time.sleep(0.05)
+    raise RuntimeError(f"no first step within 300 s: {path}")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rounds", type=int, default=3)
+    options = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        os.chmod(work, 0o755)
+        home = work / "home"
+        env = dict(os.environ, STJOBS_HOME=str(home), STJOBS_PYTHON=str(PYTHON), HF_HUB_OFFLINE="1")
+        model = work / "tiny"
+        subprocess.run([str(PYTHON), "-m", "stjobs.train.models", "--tiny-from", "examples/data/train.jsonl",
+                        "--out", str(model)], cwd=REPO, env=env, check=True, capture_output=True)
+        times: dict[str, list[float]] = {"hand-written sbatch": [], "stjobs --sbatch": [], "stjobs submitit": []}
+        for round_no in range(options.rounds):
+            argv, log = hand_written(work, model, round_no)
+            times["hand-written sbatch"].append(time_to_first_step(argv, log, env, home))
+            times["stjobs --sbatch"].append(
+                time_to_first_step(stjobs_submit(work, model, round_no, True), None, env, home))
+            times["stjobs submitit"].append(
+                time_to_first_step(stjobs_submit(work, model, round_no, False), None, env, home))
+    median = {name: statistics.median(values) for name, values in times.items()}
+    print(f"{'submit -> first step':24} {'median s':>9} {'min s':>7}")
+    for name, values in times.items():
+        print(f"{name:24} {median[name]:9.2f} {min(values):7.2f}")
+    base = median["hand-written sbatch"]
+    for name in ("stjobs --sbatch", "stjobs submitit"):
+        ratio = median[name] / base
+        print(f"{name} / hand-written: {ratio:.2f}x  (target <= 1.2)  {'OK' if ratio <= 1.2 else 'MISSED'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
