@@ -143,3 +143,13 @@ def follow_files(paths: Callable[[], list[Path]], finished: Callable[[], bool], 
                     yield rest
             return
         time.sleep(poll_s)
+
+
+def wait_until_finished(poll: Callable[[], JobStatus], wait_s: float, poll_s: float = 0.3) -> JobStatus:
+    """Poll a job's status until it has finished or ``wait_s`` passed; returns the last status seen."""
+    deadline = time.monotonic() + wait_s
+    current = poll()
+    while not current.state.finished and time.monotonic() < deadline:
+        time.sleep(poll_s)
+        current = poll()
+    return current

@@ -19,7 +19,16 @@ from pathlib import Path
 
 from stjobs.backends.common import NODE_SCRIPT, launch_files, node_script, spec_file
 from stjobs.errors import SubmitError
-from stjobs.jobs import JobRecord, JobStatus, State, follow_files, jobs_root, new_job_id, read_json
+from stjobs.jobs import (
+    JobRecord,
+    JobStatus,
+    State,
+    follow_files,
+    jobs_root,
+    new_job_id,
+    read_json,
+    wait_until_finished,
+)
 from stjobs.launch import build_launch
 from stjobs.plan import Plan, write_plan
 from stjobs.spec import JobSpec
@@ -107,13 +116,7 @@ def cancel(record: JobRecord, wait_s: float = 60.0) -> JobStatus:
     if pid is not None:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGTERM)  # the supervisor forwards it to every node and records CANCELLED
-    deadline = time.monotonic() + wait_s
-    while time.monotonic() < deadline:
-        current = status(record)
-        if current.state.finished:
-            return current
-        time.sleep(0.2)
-    return current
+    return wait_until_finished(lambda: status(record), wait_s)
 
 
 def logs(record: JobRecord, follow: bool = False, rank: int | None = None,

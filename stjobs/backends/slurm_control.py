@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from stjobs.errors import SubmitError
-from stjobs.jobs import JobRecord, JobStatus, State, follow_files
+from stjobs.jobs import JobRecord, JobStatus, State, follow_files, wait_until_finished
 
 # SLURM's job states (first word of sacct's State) onto ours; anything else counts as a failure.
 STATES = {
@@ -55,13 +55,7 @@ def cancel(record: JobRecord, wait_s: float = 60.0) -> JobStatus:
     done = subprocess.run(["scancel", slurm_id(record)], capture_output=True, text=True, timeout=60)
     if done.returncode != 0:
         raise SubmitError(f"slurm: scancel failed: {done.stderr.strip() or done.stdout.strip()}")
-    deadline = time.monotonic() + wait_s
-    while time.monotonic() < deadline:
-        current = status(record)
-        if current.state.finished:
-            return current
-        time.sleep(0.5)
-    return current
+    return wait_until_finished(lambda: status(record), wait_s)
 
 
 def _sacct(job_id: str) -> tuple[str, int | None] | None:

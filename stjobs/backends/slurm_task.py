@@ -23,13 +23,14 @@ class NodeTask:
         child = subprocess.Popen(self.command, cwd=self.cwd)
         preempted = []
 
-        def forward(signum: int, frame: FrameType | None) -> None:
-            # submitit's own USR2 handler would requeue without telling torchrun: the ranks would die without a
-            # checkpoint. Forward instead; torchrun passes USR2 to every rank, which saves and stops.
+        def note(signum: int, frame: FrameType | None) -> None:
+            # SLURM's --signal (no B:) reaches every process of the step: torchrun and its ranks get USR2 from
+            # slurmstepd directly (seen on the test cluster), so we only take note. Forwarding it again made
+            # torchrun take a second signal during its shutdown and die before the ranks had saved. This
+            # handler also replaces submitit's own, which would requeue without waiting for the checkpoint.
             preempted.append(signum)
-            child.send_signal(signum)
 
-        signal.signal(signal.SIGUSR2, forward)
+        signal.signal(signal.SIGUSR2, note)
         code = child.wait()
         if preempted:
             if os.environ.get("SLURM_PROCID", "0") == "0" and \
