@@ -60,10 +60,14 @@ def stjobs_submit(work: Path, model: Path, round_no: int, sbatch: bool) -> list[
             "--set", "entrypoint.args=" + json.dumps(args), *(["--sbatch"] if sbatch else [])]
 
 
-def stjobs_log(stdout: str, home: Path) -> Path:
+def stjobs_logs(stdout: str, home: Path) -> list[Path]:
+    """The job's log files: one for sbatch, one per node under submitit (rank 0 may be on either node)."""
     job_id = stdout.split()[1]
     record = json.loads((home / "jobs" / job_id / "job.json").read_text())
-    return Path(record["details"]["output"])
+    output = Path(record["details"]["output"])
+    if record["details"]["mode"] == "submitit":
+        return [output.with_name(output.name.replace("_0_", f"_{task}_")) for task in range(2)]
+    return [output]
 
 
 def drain() -> None:
@@ -79,13 +83,13 @@ def time_to_first_step(argv: list[str], log: Path | None, env: dict[str, str], h
     drain()
     start = time.perf_counter()
     done = subprocess.run(argv, cwd=REPO, env=env, capture_output=True, text=True, check=True)
-    path = log if log is not None else stjobs_log(done.stdout, home)
+    paths = [log] if log is not None else stjobs_logs(done.stdout, home)
     deadline = start + 300
     while time.perf_counter() < deadline:
-        if path.exists() and FIRST_STEP in path.read_text(errors="replace"):
+        if any(path.exists() and FIRST_STEP in path.read_text(errors="replace") for path in paths):
             return time.perf_counter() - start
         time.sleep(0.05)
-    raise RuntimeError(f"no first step within 300 s: {path}")
+    raise RuntimeError(f"no first step within 300 s: {paths}")
 
 
 def main() -> int:
@@ -108,6 +112,7 @@ def main() -> int:
                 time_to_first_step(stjobs_submit(work, model, round_no, True), None, env, home))
             times["stjobs submitit"].append(
                 time_to_first_step(stjobs_submit(work, model, round_no, False), None, env, home))
+        drain()  # the last job still writes into the work directory
     median = {name: statistics.median(values) for name, values in times.items()}
     print(f"{'submit -> first step':24} {'median s':>9} {'min s':>7}")
     for name, values in times.items():

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import time
+import math
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -60,15 +60,11 @@ def cancel(job_id: str) -> JobStatus:
 
 def wait(job_id: str, timeout_s: float | None = None, poll_s: float = 1.0) -> JobStatus:
     """Block until the job has finished (or ``timeout_s`` passed) and return its last status."""
-    from stjobs.jobs import load_record
+    from stjobs.jobs import load_record, wait_until_finished
 
-    deadline = None if timeout_s is None else time.monotonic() + timeout_s
     record = load_record(job_id)
     module = backend_module(record.backend)
-    while True:
-        current = module.status(record)
-        if current.state.finished:
-            return current
-        if deadline is not None and time.monotonic() > deadline:
-            raise StjobsError(f"wait: job {record.job_id} still {current.state.value} after {timeout_s} s")
-        time.sleep(poll_s)
+    final = wait_until_finished(lambda: module.status(record), math.inf if timeout_s is None else timeout_s, poll_s)
+    if not final.state.finished:
+        raise StjobsError(f"wait: job {record.job_id} still {final.state.value} after {timeout_s} s")
+    return final
