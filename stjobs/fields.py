@@ -110,7 +110,7 @@ class Choice(Parser[E]):
         return {"enum": [member.value for member in self.enum]}
 
 
-class Optional(Parser["T | None"]):
+class Nullable(Parser["T | None"]):
     def __init__(self, inner: Parser[T]) -> None:
         self.inner, self.expected = inner, inner.expected
 

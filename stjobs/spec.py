@@ -18,8 +18,8 @@ from stjobs.fields import (
     Choice,
     Integer,
     Nested,
+    Nullable,
     Number,
-    Optional,
     Parser,
     Table,
     Text,
@@ -76,9 +76,9 @@ class Fabric(str, Enum):
 class Entrypoint:
     """What each process runs: a Python module (``python -m``) or a script path, plus its arguments."""
 
-    module: str | None = spec_field(Optional(Text("a dotted Python module name (default: stjobs.train)",
+    module: str | None = spec_field(Nullable(Text("a dotted Python module name (default: stjobs.train)",
                                                   MODULE_PATTERN, 200)), None)
-    script: str | None = spec_field(Optional(Text("a path to a Python script, e.g. train.py")), None)
+    script: str | None = spec_field(Nullable(Text("a path to a Python script, e.g. train.py")), None)
     args: tuple[str, ...] = spec_field(Words("a list of strings"), ())
 
     @staticmethod
@@ -113,7 +113,7 @@ class PortRange(Parser[tuple[int, int]]):
 
 @dataclass(frozen=True)
 class Rendezvous:
-    port: int | None = spec_field(Optional(Integer(1024, 65535, "a TCP port from 1024 to 65535 outside "
+    port: int | None = spec_field(Nullable(Integer(1024, 65535, "a TCP port from 1024 to 65535 outside "
                                                    "32768-60999, or null to derive one")), None)
     port_range: tuple[int, int] = spec_field(PortRange(), (29500, 29999))
     timeout_s: int = spec_field(Integer(10, 86400, "whole seconds from 10 to 86400"), 900)
@@ -127,10 +127,10 @@ class Rendezvous:
 
 @dataclass(frozen=True)
 class SlurmOptions:
-    partition: str | None = spec_field(Optional(Text("a SLURM partition name", SLURM_NAME, 200)), None)
-    account: str | None = spec_field(Optional(Text("a SLURM account name", SLURM_NAME, 200)), None)
-    qos: str | None = spec_field(Optional(Text("a SLURM QOS name", SLURM_NAME, 200)), None)
-    constraint: str | None = spec_field(Optional(Text("a SLURM feature expression, e.g. a100&ib")), None)
+    partition: str | None = spec_field(Nullable(Text("a SLURM partition name", SLURM_NAME, 200)), None)
+    account: str | None = spec_field(Nullable(Text("a SLURM account name", SLURM_NAME, 200)), None)
+    qos: str | None = spec_field(Nullable(Text("a SLURM QOS name", SLURM_NAME, 200)), None)
+    constraint: str | None = spec_field(Nullable(Text("a SLURM feature expression, e.g. a100&ib")), None)
     exclusive: bool = spec_field(Boolean(), False)
     extra_sbatch: tuple[str, ...] = spec_field(
         Words("a list of sbatch options, e.g. --mail-type=END",
@@ -149,14 +149,14 @@ class SlurmOptions:
                                            "from 0 to 100"), 3)
     srun_wait_s: int = spec_field(Integer(1, 86400, "seconds srun waits for the other nodes once one node's task "
                                           "ended, from 1 to 86400"), 60)
-    mpi: str | None = spec_field(Optional(Text("an srun --mpi plugin name, e.g. pmix", SLURM_NAME, 50)), None)
+    mpi: str | None = spec_field(Nullable(Text("an srun --mpi plugin name, e.g. pmix", SLURM_NAME, 50)), None)
 
 
 @dataclass(frozen=True)
 class K8sOptions:
     namespace: str = spec_field(Text("a Kubernetes namespace (DNS-1123 label)",
                                      r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?", 63), "default")
-    service_account: str | None = spec_field(Optional(Text("a Kubernetes service account name",
+    service_account: str | None = spec_field(Nullable(Text("a Kubernetes service account name",
                                                            r"[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?", 253)), None)
 
 
@@ -170,7 +170,7 @@ class NcclOptions:
 
 @dataclass(frozen=True)
 class LocalOptions:
-    python: str | None = spec_field(Optional(Text("the Python interpreter that runs torchrun; default: the one "
+    python: str | None = spec_field(Nullable(Text("the Python interpreter that runs torchrun; default: the one "
                                                   "running stjobs")), None)
 
 
@@ -193,16 +193,16 @@ class JobSpec:
                                 "characters", NAME_PATTERN, 42))
     entrypoint: Entrypoint = spec_field(Nested(Entrypoint), doc="module or script, and args")
     nodes: int = spec_field(Integer(1, 1024, "a whole number of nodes from 1 to 1024"), 1)
-    procs_per_node: int = spec_field(Optional(Integer(1, 64, "a whole number of processes per node from 1 to 64 "
+    procs_per_node: int = spec_field(Nullable(Integer(1, 64, "a whole number of processes per node from 1 to 64 "
                                                       "(default: GPUs per node, or 1)")), None)
     gpus_per_node: int = spec_field(Integer(0, 16, "a whole number of GPUs per node from 0 to 16"), 0)
-    cpus_per_task: int = spec_field(Optional(Integer(1, 1024, "a whole number of CPUs for all processes of one "
+    cpus_per_task: int = spec_field(Nullable(Integer(1, 1024, "a whole number of CPUs for all processes of one "
                                                      "node, from 1 to 1024 (default: one per process)")), None)
-    mem_gb: float | None = spec_field(Optional(Number(0, 65536, "memory per node in GB, greater than 0")), None)
+    mem_gb: float | None = spec_field(Nullable(Number(0, 65536, "memory per node in GB, greater than 0")), None)
     time_min: int = spec_field(Integer(1, 525600, "a wall-clock limit in whole minutes from 1 to 525600"), 60)
     strategy: Strategy = spec_field(Choice(Strategy), Strategy.ddp)
     launcher: Launcher = spec_field(Choice(Launcher), Launcher.torchrun)
-    image: str | None = spec_field(Optional(Text("a container image reference (e.g. ghcr.io/org/train:1.0) or an "
+    image: str | None = spec_field(Nullable(Text("a container image reference (e.g. ghcr.io/org/train:1.0) or an "
                                                  "Apptainer .sif path", r"[A-Za-z0-9/][A-Za-z0-9._/:@+-]*", 512)),
                                    None)
     env: dict[str, str] = spec_field(Table("a mapping of environment variable names to string values",
@@ -211,7 +211,7 @@ class JobSpec:
         Words("a list of environment variable names whose values come from the submitting environment",
               Text("an environment variable name (letters, digits, '_')", ENV_NAME_PATTERN, 200), unique=True), ())
     workdir: str = spec_field(Text("a directory path (relative paths are taken from where the job starts)"), ".")
-    output_dir: str = spec_field(Optional(Text("a directory path for checkpoints and the final model "
+    output_dir: str = spec_field(Nullable(Text("a directory path for checkpoints and the final model "
                                                "(default: outputs/NAME)")), None)
     rendezvous: Rendezvous = spec_field(Nested(Rendezvous), doc="port, port_range, timeout_s")
     max_restarts: int = spec_field(Integer(0, 100, "a whole number of restarts from 0 to 100"), 0)
