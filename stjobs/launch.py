@@ -80,9 +80,6 @@ class LaunchPlan:
     files: tuple[tuple[str, str], ...]
     required_vars: tuple[str, ...]
 
-    def resolve_argv(self, values: Mapping[str, str]) -> list[str]:
-        return [arg.resolve(values) if isinstance(arg, Ref) else arg for arg in self.argv]
-
 
 PYTHON = Ref("${STJOBS_PYTHON:-python3}")
 LOG_DIR = Ref("${STJOBS_LOG_DIR}")
