@@ -12,9 +12,12 @@ Order of work, and why:
 
 Preemption: SIGUSR2 or SIGTERM only sets a flag. At the next step end all ranks agree on the flag (a signal may reach
 only some of them), save a checkpoint under ``checkpoints/`` and stop; each process then emits ``preempted`` and exits
-0 without writing ``final``, and the next run with the same output dir resumes from that checkpoint. A second signal
-terminates at once. Delivery: torchrun forwards SIGTERM to its workers (torchrun itself then exits non-zero), but
-SIGUSR2 sent to torchrun kills torchrun and orphans the workers, so SIGUSR2 must go to the workers themselves.
+0 without writing ``final``, and the next run with the same output dir resumes from that checkpoint. Repeats of the
+request are ignored: under SLURM one USR2 reaches a rank twice (from slurmstepd, which signals every process of the
+step, and again from torchrun forwarding it), and dying on the second copy lost the checkpoint. A sender that wants
+the process gone sooner escalates with SIGKILL (torchrun's shutdown grace, SLURM's KillWait). Delivery: the launch
+plan passes SIGUSR2 in torchrun's ``--signals-to-handle``, so torchrun forwards it to its workers instead of dying and
+orphaning them.
 """
 
 from __future__ import annotations
@@ -56,12 +59,8 @@ class Preemption:
             signal.signal(sig, self._handle)
 
     def _handle(self, signum: int, _frame: FrameType | None) -> None:
-        if self.signum is not None:
-            # Second request: the checkpoint is taking too long for the sender; fall back to the default action.
-            signal.signal(signum, signal.SIG_DFL)
-            os.kill(os.getpid(), signum)
-            return
-        self.signum = signum
+        if self.signum is None:
+            self.signum = signum
 
 
 def newest_checkpoint(folder: Path) -> Path | None:

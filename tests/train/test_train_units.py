@@ -255,6 +255,10 @@ def test_preemption_signal_only_sets_a_flag(restore_signals: None) -> None:
     flag.install()
     os.kill(os.getpid(), signal.SIGUSR2)
     assert flag.signum == signal.SIGUSR2
+    # SLURM delivers one USR2 twice (slurmstepd and torchrun's forward): the copy must not kill the rank.
+    os.kill(os.getpid(), signal.SIGUSR2)
+    os.kill(os.getpid(), signal.SIGTERM)
+    assert flag.signum == signal.SIGUSR2
 
 
 # --- models --------------------------------------------------------------------------------------------------------
