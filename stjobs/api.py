@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from stjobs.backends import backend_module
-from stjobs.errors import StjobsError
+from stjobs.errors import StjobsError, UsageError
 from stjobs.plan import write_plan
 
 if TYPE_CHECKING:
@@ -17,20 +17,29 @@ if TYPE_CHECKING:
     from stjobs.spec import JobSpec
 
 
-def render(spec: JobSpec, backend: str = "local") -> Plan:
-    """The plan for ``spec`` on ``backend``: pure, the same spec always gives byte-identical files."""
+def render(spec: JobSpec, backend: str = "local", k8s_schemas: str | Path | None = None) -> Plan:
+    """The plan for ``spec`` on ``backend``: pure, the same spec always gives byte-identical files.
+
+    ``k8s_schemas``: a directory with the Kubeflow CRD files; the k8s backend then checks its manifest strictly
+    against them (without it the plan notes that the check was skipped)."""
+    if backend == "k8s":
+        from stjobs.backends import k8s
+
+        return k8s.render(spec, schemas_dir=Path(k8s_schemas) if k8s_schemas else None)
+    if k8s_schemas is not None:
+        raise UsageError(f"k8s_schemas: only the k8s backend uses CRD schemas, not {backend}")
     return backend_module(backend).render(spec)
 
 
-def render_to(spec: JobSpec, out_dir: str | Path, backend: str = "local", force: bool = False) -> Plan:
-    plan = render(spec, backend)
+def render_to(spec: JobSpec, out_dir: str | Path, backend: str = "local", force: bool = False,
+              k8s_schemas: str | Path | None = None) -> Plan:
+    plan = render(spec, backend, k8s_schemas)
     write_plan(plan, out_dir, overwrite=force)
     return plan
 
 
-def submit(spec: JobSpec, backend: str = "local", **options: Any) -> JobRecord:
-    module = backend_module(backend)
-    return module.submit(module.render(spec), **options)
+def submit(spec: JobSpec, backend: str = "local", k8s_schemas: str | Path | None = None, **options: Any) -> JobRecord:
+    return backend_module(backend).submit(render(spec, backend, k8s_schemas), **options)
 
 
 def status(job_id: str | None = None) -> list[JobStatus]:

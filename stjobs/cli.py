@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -19,10 +20,15 @@ from stjobs.config import Override, load_spec
 from stjobs.errors import StjobsError
 from stjobs.spec import JobSpec
 
+
+def _nodes(text: str) -> int | str:
+    return int(text) if text.strip().isdigit() else text  # "2:4" stays text: an elastic range
+
+
 # Flags that are plain overrides of one spec field: (flag, spec field, type).
 SPEC_FLAGS: tuple[tuple[str, str, Callable[[str], Any]], ...] = (
     ("--name", "name", str),
-    ("--nodes", "nodes", int),
+    ("--nodes", "nodes", _nodes),
     ("--procs-per-node", "procs_per_node", int),
     ("--gpus-per-node", "gpus_per_node", int),
     ("--cpus-per-task", "cpus_per_task", int),
@@ -33,6 +39,16 @@ SPEC_FLAGS: tuple[tuple[str, str, Callable[[str], Any]], ...] = (
     ("--image", "image", str),
 )
 DEFAULT_SPEC = "stjobs.yaml"
+K8S_SCHEMAS_ENV = "STJOBS_K8S_SCHEMAS"
+
+
+def k8s_schemas(args: argparse.Namespace) -> str | None:
+    """Where the Kubeflow CRDs are: --k8s-schemas, else $STJOBS_K8S_SCHEMAS; only the k8s backend reads them."""
+    if args.backend != "k8s":
+        if args.k8s_schemas:
+            raise UsageFailure("--k8s-schemas goes with --backend k8s")
+        return None
+    return args.k8s_schemas or os.environ.get(K8S_SCHEMAS_ENV) or None
 
 
 def spec_from(args: argparse.Namespace) -> JobSpec:
@@ -49,9 +65,10 @@ def cmd_render(args: argparse.Namespace) -> int:
     if args.output is None and not args.dry_run:
         raise UsageFailure("render needs -o DIR to write the files, or --dry-run to only print the plan")
     if args.dry_run:
-        print(api.render(spec, args.backend).describe(), end="")
+        print(api.render(spec, args.backend, k8s_schemas(args)).describe(), end="")
     else:
-        print(api.render_to(spec, args.output, args.backend, force=args.force).describe(args.output), end="")
+        plan = api.render_to(spec, args.output, args.backend, force=args.force, k8s_schemas=k8s_schemas(args))
+        print(plan.describe(args.output), end="")
     return 0
 
 
@@ -59,7 +76,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
     options = {"sbatch": True} if args.sbatch else {}
     if args.sbatch and args.backend != "slurm":
         raise UsageFailure("--sbatch goes with --backend slurm")
-    record = api.submit(spec_from(args), args.backend, **options)
+    record = api.submit(spec_from(args), args.backend, k8s_schemas(args), **options)
     print(f"submitted {record.job_id} ({args.backend}, {record.nodes} node(s) x {record.procs_per_node} "
           f"process(es)); files in {record.job_dir}", flush=True)
     if args.follow:
@@ -115,6 +132,8 @@ class UsageFailure(Exception):
 def _spec_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("spec", nargs="?", metavar="SPEC", help=f"job spec YAML (default: ./{DEFAULT_SPEC})")
     parser.add_argument("--backend", "-b", choices=sorted(BACKENDS), default="local", help="where the job runs")
+    parser.add_argument("--k8s-schemas", metavar="DIR", default=None,
+                        help=f"Kubeflow CRD files to check k8s manifests against (default: ${K8S_SCHEMAS_ENV})")
     for flag, field, kind in SPEC_FLAGS:
         parser.add_argument(flag, dest=field, type=kind, default=None, help=f"override spec field {field}")
     parser.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import yaml
 
+from stjobs.errors import SpecError
 from stjobs.spec import Fabric, JobSpec, Launcher, Strategy
 
 # The variables a node script must provide, and what they mean.
@@ -88,16 +89,22 @@ ACCELERATE_CONFIG = "accelerate.yaml"
 PREEMPTION_SIGNALS = "SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR2"
 
 
-def build_launch(spec: JobSpec) -> LaunchPlan:
+def build_launch(spec: JobSpec, rendezvous_from_env: bool = False) -> LaunchPlan:
+    """``rendezvous_from_env``: the scheduler injects torchrun's own ``PET_*`` variables (Kubeflow's operators set
+    PET_NNODES, PET_NODE_RANK, PET_MASTER_ADDR/PORT, PET_NPROC_PER_NODE and, for elastic jobs, PET_RDZV_*), so the
+    argv leaves the job's shape out and torchrun reads it from there."""
     argv: list[Arg]
     files: tuple[tuple[str, str], ...] = ()
+    if rendezvous_from_env and spec.launcher is Launcher.accelerate:
+        # accelerate reads no PET_* variables; its rendezvous flags would have to be wired to them by hand.
+        raise SpecError("launcher", "accelerate", "torchrun on Kubernetes (the operators configure torchrun)")
     if spec.launcher is Launcher.accelerate:
         argv, files = _accelerate_argv(spec)
     elif spec.strategy is Strategy.dp:
         # DataParallel: one plain process sees every GPU of the node; torchrun would add nothing but a rank 0.
         argv = [PYTHON, "-u", *_target(spec, module_flag="-m")]
     else:
-        argv = _torchrun_argv(spec)
+        argv = _torchrun_argv(spec, rendezvous_from_env)
     required = sorted({name for arg in argv if isinstance(arg, Ref) for name in arg.names} - {"STJOBS_PYTHON"})
     return LaunchPlan(argv=tuple(argv), env=tuple(sorted(launch_env(spec).items())), secrets=spec.secrets,
                       files=files, required_vars=tuple(required))
@@ -146,16 +153,20 @@ def _target(spec: JobSpec, module_flag: str) -> tuple[str, ...]:
     return (*head, *entry.args)
 
 
-def _torchrun_argv(spec: JobSpec) -> list[Arg]:
+def _torchrun_argv(spec: JobSpec, rendezvous_from_env: bool = False) -> list[Arg]:
     argv: list[Arg] = [PYTHON, "-m", "torch.distributed.run"]
-    if spec.nodes == 1:
+    if rendezvous_from_env:
+        if not spec.elastic:  # elastic: PET_MAX_RESTARTS comes from the operator's elasticPolicy
+            argv += ["--max-restarts", str(spec.max_restarts)]
+    elif spec.nodes == 1:
         # --standalone picks a free port itself: single-node jobs never collide on a fixed one.
         argv += ["--standalone", "--nnodes", "1"]
     else:
         # c10d rendezvous; no --node-rank: c10d ignores it and assigns ranks in arrival order.
         argv += ["--nnodes", str(spec.nodes), "--rdzv-backend", "c10d", "--rdzv-endpoint", RDZV_ENDPOINT,
                  "--rdzv-id", Ref("${STJOBS_RDZV_ID}"), "--rdzv-conf", f"join_timeout={spec.rendezvous.timeout_s}"]
-    argv += ["--nproc-per-node", str(spec.procs_per_node), "--max-restarts", str(spec.max_restarts)]
+    if not rendezvous_from_env:
+        argv += ["--nproc-per-node", str(spec.procs_per_node), "--max-restarts", str(spec.max_restarts)]
     # SIGUSR2 is the preemption notice (SLURM --signal; NCCL owns USR1): torchrun forwards the signals it
     # handles to every worker, which checkpoints and exits. Without this, USR2 kills the agent and orphans them.
     argv += ["--signals-to-handle", PREEMPTION_SIGNALS]

@@ -29,6 +29,7 @@ from stjobs.fields import (
     spec_field,
     to_data,
 )
+from stjobs.spec_k8s import K8sOptions, Kind
 
 NAME_PATTERN = r"[a-z]([a-z0-9-]{0,40}[a-z0-9])?"
 ENV_NAME_PATTERN = r"[A-Za-z_][A-Za-z0-9_]*"
@@ -88,6 +89,27 @@ class Entrypoint:
         elif values["module"] is not None and values["script"] is not None:
             raise SpecError("entrypoint", {"module": values["module"], "script": values["script"]},
                             "exactly one of entrypoint.module or entrypoint.script")
+
+
+class NodeCount(Parser[Any]):
+    """``4`` or, for elastic training, ``"2:4"`` (at least 2, at most 4 nodes, like torchrun's --nnodes)."""
+
+    expected = "a whole number of nodes from 1 to 1024, or 'MIN:MAX' for an elastic job (e.g. '2:4')"
+
+    def parse(self, value: Any, field: str) -> Any:
+        if isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= 1024:
+            return value
+        match = re.fullmatch(r"\s*(\d+)\s*:\s*(\d+)\s*", value) if isinstance(value, str) else None
+        if match is None:
+            raise self.fail(field, value)
+        low, high = int(match.group(1)), int(match.group(2))
+        if not 1 <= low <= high <= 1024:
+            raise self.fail(field, value)
+        return (low, high)
+
+    def schema(self) -> dict[str, Any]:
+        return {"anyOf": [{"type": "integer", "minimum": 1, "maximum": 1024},
+                          {"type": "string", "pattern": r"^\d+:\d+$"}]}
 
 
 class PortRange(Parser[tuple[int, int]]):
@@ -153,14 +175,6 @@ class SlurmOptions:
 
 
 @dataclass(frozen=True)
-class K8sOptions:
-    namespace: str = spec_field(Text("a Kubernetes namespace (DNS-1123 label)",
-                                     r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?", 63), "default")
-    service_account: str | None = spec_field(Nullable(Text("a Kubernetes service account name",
-                                                           r"[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?", 253)), None)
-
-
-@dataclass(frozen=True)
 class NcclOptions:
     debug: bool = spec_field(Boolean(), False, doc="NCCL_DEBUG=INFO and TORCH_DISTRIBUTED_DEBUG=DETAIL")
     fabric: Fabric = spec_field(Choice(Fabric), Fabric.none, doc="network preset: none, infiniband, efa")
@@ -192,7 +206,9 @@ class JobSpec:
     name: str = spec_field(Text("lowercase letters, digits and '-', starting with a letter, at most 42 "
                                 "characters", NAME_PATTERN, 42))
     entrypoint: Entrypoint = spec_field(Nested(Entrypoint), doc="module or script, and args")
-    nodes: int = spec_field(Integer(1, 1024, "a whole number of nodes from 1 to 1024"), 1)
+    nodes: int = spec_field(NodeCount(), 1, doc="nodes, or 'MIN:MAX' for elastic training (k8s PyTorchJob)")
+    min_nodes: int | None = spec_field(Nullable(Integer(1, 1024, "the fewest nodes an elastic job runs on, from 1 "
+                                                        "to nodes (nodes: 'MIN:MAX' sets it)")), None)
     procs_per_node: int = spec_field(Nullable(Integer(1, 64, "a whole number of processes per node from 1 to 64 "
                                                       "(default: GPUs per node, or 1)")), None)
     gpus_per_node: int = spec_field(Integer(0, 16, "a whole number of GPUs per node from 0 to 16"), 0)
@@ -224,7 +240,17 @@ class JobSpec:
     def _resolve(values: dict[str, Any]) -> None:
         # Defaults that depend on other fields are filled once here, so the frozen value is complete.
         strategy: Strategy = values["strategy"]
+        if isinstance(values["nodes"], tuple):
+            values["min_nodes"], values["nodes"] = values["nodes"]
         nodes: int = values["nodes"]
+        if values["min_nodes"] is not None:
+            if values["min_nodes"] > nodes:
+                raise SpecError("min_nodes", values["min_nodes"], f"at most nodes ({nodes})")
+            if values["min_nodes"] == nodes:
+                values["min_nodes"] = None  # 'N:N' is a fixed size
+            elif values["k8s"].kind is Kind.trainjob:
+                raise SpecError("nodes", f"{values['min_nodes']}:{nodes}", "a fixed node count with k8s.kind: "
+                                "trainjob (Kubeflow Trainer has no elastic training; use k8s.kind: pytorchjob)")
         gpus: int = values["gpus_per_node"]
         procs = values["procs_per_node"]
         if procs is None:
@@ -253,6 +279,10 @@ class JobSpec:
         clash = sorted(set(values["secrets"]) & set(values["env"]))
         if clash:
             raise SpecError(f"env.{clash[0]}", "<hidden>", "a name in env or in secrets, not both")
+
+    @property
+    def elastic(self) -> bool:
+        return self.min_nodes is not None
 
     @property
     def world_size(self) -> int:

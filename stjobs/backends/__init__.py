@@ -36,6 +36,7 @@ class Backend(Protocol):
 BACKENDS: dict[str, str] = {
     "local": "stjobs.backends.local",
     "slurm": "stjobs.backends.slurm",
+    "k8s": "stjobs.backends.k8s",
 }
 
 

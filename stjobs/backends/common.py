@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
-import yaml
-
+from stjobs import yamlout
+from stjobs.errors import SpecError
 from stjobs.launch import RUNTIME_VARS, LaunchPlan
 from stjobs.plan import RenderedFile
 from stjobs.spec import JobSpec
-from stjobs.templating import render_template
 
 NODE_SCRIPT = "launch.sh"
 SPEC_FILE = "stjobs.yaml"
 
 
 def node_script(spec: JobSpec, launch: LaunchPlan) -> RenderedFile:
+    from stjobs.templating import render_template  # Jinja only where a template is rendered (not for k8s)
+
     text = render_template(
         "node_launch.sh.j2",
         name=spec.name,
@@ -31,8 +32,15 @@ def spec_file(spec: JobSpec) -> RenderedFile:
     """The spec as validated, defaults filled in: what actually ran, next to what ran it."""
     data = spec.to_data()
     header = "# The job spec as stjobs validated it (defaults filled in). Secret names only, never values.\n"
-    return RenderedFile(SPEC_FILE, header + yaml.safe_dump(data, sort_keys=False, default_flow_style=False))
+    return RenderedFile(SPEC_FILE, header + yamlout.dump(data))
 
 
 def launch_files(launch: LaunchPlan) -> list[RenderedFile]:
     return [RenderedFile(path, content) for path, content in launch.files]
+
+
+def refuse_elastic(spec: JobSpec, backend: str) -> None:
+    """Elastic training needs a scheduler that adds and removes nodes (Kubeflow's PyTorchJob does)."""
+    if spec.elastic:
+        raise SpecError("nodes", f"{spec.min_nodes}:{spec.nodes}", f"a fixed node count on the {backend} backend "
+                        "(elastic 'MIN:MAX' runs as a k8s PyTorchJob)")

@@ -17,7 +17,7 @@ import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
-from stjobs.backends.common import NODE_SCRIPT, launch_files, node_script, spec_file
+from stjobs.backends.common import NODE_SCRIPT, launch_files, node_script, refuse_elastic, spec_file
 from stjobs.errors import SubmitError
 from stjobs.jobs import (
     JobRecord,
@@ -40,6 +40,7 @@ SUPERVISOR_LOG = "supervisor.log"
 
 
 def render(spec: JobSpec) -> Plan:
+    refuse_elastic(spec, NAME)
     launch = build_launch(spec)
     files = (node_script(spec, launch), spec_file(spec), *launch_files(launch))
     notes: list[str] = []

@@ -12,7 +12,7 @@ import math
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
-from stjobs.backends.common import NODE_SCRIPT, launch_files, node_script, spec_file
+from stjobs.backends.common import NODE_SCRIPT, launch_files, node_script, refuse_elastic, spec_file
 from stjobs.launch import Arg, Ref, build_launch
 from stjobs.plan import Plan, RenderedFile
 from stjobs.spec import Container, JobSpec
@@ -127,6 +127,7 @@ def pyxis_image(image: str) -> str:
 
 
 def render(spec: JobSpec) -> Plan:
+    refuse_elastic(spec, NAME)
     launch = build_launch(spec)
     params = sbatch_parameters(spec)
     options = [sbatch_option(key, value) for key, value in params.items()]
