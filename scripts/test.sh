@@ -7,6 +7,11 @@ export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 # The real 2-node SLURM cluster the SLURM tests submit to (Debian's slurm-wlm + munge + slurmdbd/MariaDB).
 # Installing and starting daemons needs root (CI runs as root); elsewhere the SLURM tests say why they fail.
 if [[ $EUID -eq 0 ]]; then
+  # kubectl for `kubectl kustomize k8s/` (offline); Debian's kubernetes-client when the machine has none.
+  if ! command -v kubectl >/dev/null; then
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq kubernetes-client >/dev/null ||
+      { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq kubernetes-client >/dev/null; }
+  fi
   slurm/cluster/up.sh
   trap 'slurm/cluster/down.sh >/dev/null 2>&1 || true' EXIT
 fi

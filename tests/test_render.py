@@ -17,17 +17,29 @@ from stjobs.plan import write_plan
 from tests.conftest import EXAMPLES, REPO, offline_env, stjobs_bin
 
 # Where each backend's golden examples live: one directory per example spec under examples/.
-GOLDEN_ROOTS = {"local": EXAMPLES / "local", "slurm": REPO / "slurm" / "examples"}
+GOLDEN_ROOTS = {"local": EXAMPLES / "local", "slurm": REPO / "slurm" / "examples", "k8s": REPO / "k8s" / "examples"}
 SPECS = sorted(EXAMPLES.glob("*.yaml"))
+# examples/k8s-*.yaml are Kubernetes shapes (an image, elastic sizes); the others run on local and SLURM.
+K8S_SPECS = [spec for spec in SPECS if spec.stem.startswith("k8s-")]
 UPDATE = os.environ.get("STJOBS_UPDATE_GOLDEN") == "1"
 
 
-def golden_cases() -> list[tuple[str, Path]]:
-    return [(backend, spec) for backend in GOLDEN_ROOTS for spec in SPECS]
+def specs_for(backend: str) -> list[Path]:
+    return K8S_SPECS if backend == "k8s" else [spec for spec in SPECS if spec not in K8S_SPECS]
+
+
+def golden_cases(backends: tuple[str, ...] = tuple(GOLDEN_ROOTS)) -> list[tuple[str, Path]]:
+    return [(backend, spec) for backend in backends for spec in specs_for(backend)]
 
 
 def test_there_are_examples() -> None:
-    assert len(SPECS) >= 4
+    assert all(len(specs_for(backend)) >= 3 for backend in GOLDEN_ROOTS)
+
+
+def test_golden_directories_match_the_examples() -> None:
+    """A removed or renamed example must not leave a stale golden directory behind."""
+    for backend, root in GOLDEN_ROOTS.items():
+        assert sorted(p.name for p in root.iterdir() if p.is_dir()) == [s.stem for s in specs_for(backend)], root
 
 
 @pytest.mark.parametrize("backend,spec_path", golden_cases(), ids=lambda v: getattr(v, "stem", v))
@@ -48,7 +60,7 @@ def test_golden_files(backend: str, spec_path: Path) -> None:
         assert bool(path.stat().st_mode & 0o100) == item.executable, path
 
 
-@pytest.mark.parametrize("backend,spec_path", golden_cases(), ids=lambda v: getattr(v, "stem", v))
+@pytest.mark.parametrize("backend,spec_path", golden_cases(("local", "slurm")), ids=lambda v: getattr(v, "stem", v))
 def test_rendered_shell_parses(backend: str, spec_path: Path) -> None:
     scripts = [p for p in (GOLDEN_ROOTS[backend] / spec_path.stem).iterdir() if p.suffix in (".sh", ".sbatch")]
     assert scripts
@@ -121,10 +133,11 @@ HEAVY = ("torch", "sentence_transformers", "accelerate", "transformers", "kubern
 
 @pytest.mark.parametrize("backend", sorted(GOLDEN_ROOTS))
 def test_render_imports_nothing_heavy(backend: str, tmp_path: Path) -> None:
+    spec = specs_for(backend)[0] if backend == "k8s" else EXAMPLES / "two-nodes.yaml"
     probe = (
         "import json, sys\n"
         "from stjobs.cli import main\n"
-        f"code = main(['render', {str(EXAMPLES / 'two-nodes.yaml')!r}, '-b', {backend!r},"
+        f"code = main(['render', {str(spec)!r}, '-b', {backend!r},"
         f" '-o', {str(tmp_path / 'o')!r}])\n"
         "assert code == 0, code\n"
         f"print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in {HEAVY!r})))\n"
@@ -132,7 +145,7 @@ def test_render_imports_nothing_heavy(backend: str, tmp_path: Path) -> None:
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True, cwd=REPO,
                           env=offline_env())
     assert json.loads(done.stdout.strip().splitlines()[-1]) == []
-    assert (tmp_path / "o" / "launch.sh").is_file()
+    assert (tmp_path / "o" / ("kustomization.yaml" if backend == "k8s" else "launch.sh")).is_file()
 
 
 def test_schema_command_prints_json_schema(capsys: pytest.CaptureFixture[str]) -> None:

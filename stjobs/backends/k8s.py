@@ -1,0 +1,102 @@
+"""Kubernetes backend: a Kubeflow PyTorchJob (default) or TrainJob, rendered for ``kubectl apply -k`` and
+submitted with the kubernetes client.
+
+The manifest is built as data and written by stjobs.yamlout (PyYAML's dumper costs more than the whole rest of
+rendering); it is checked at render time by stjobs' own rules
+and, when the CRD schemas are at hand (``schemas_dir``, the CLI's ``--k8s-schemas`` or ``STJOBS_K8S_SCHEMAS``),
+strictly against the official CRD: unknown fields fail here instead of being pruned by the API server.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from stjobs import yamlout
+from stjobs.backends import k8s_manifest
+from stjobs.backends.common import spec_file
+from stjobs.backends.k8s_checks import check_manifest
+from stjobs.errors import SpecError
+from stjobs.launch import build_launch
+from stjobs.plan import Plan, RenderedFile
+from stjobs.spec import JobSpec
+from stjobs.spec_k8s import CleanPodPolicy, Kind, RestartPolicy, Scheduler
+
+if TYPE_CHECKING:
+    from stjobs.jobs import JobRecord, JobStatus
+
+NAME = "k8s"
+KUSTOMIZATION = "kustomization.yaml"
+MANIFEST_FILES = {Kind.pytorchjob: "pytorchjob.yaml", Kind.trainjob: "trainjob.yaml"}
+
+def render(spec: JobSpec, schemas_dir: Path | None = None) -> Plan:
+    if spec.image is None:
+        raise SpecError("image", None, "a container image for the k8s backend (e.g. ghcr.io/org/train:1.0)")
+    if spec.k8s.kind is Kind.trainjob:
+        _refuse_for_trainjob(spec)
+    launch = build_launch(spec, rendezvous_from_env=True)
+    manifest = k8s_manifest.build(spec, launch)
+    check_note = check_manifest(manifest, schemas_dir)
+    manifest_file = MANIFEST_FILES[spec.k8s.kind]
+    kustomization = {"apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization",
+                     "resources": [manifest_file]}
+    header = f"# stjobs: {manifest['kind']} {spec.name}; apply with: kubectl apply -k .\n"
+    files = (RenderedFile(manifest_file, header + yamlout.dump(manifest)),
+             RenderedFile(KUSTOMIZATION, yamlout.dump(kustomization)), spec_file(spec))
+    notes = [check_note]
+    if schemas_dir is not None:  # the full check was asked for: also the pods against the core schemas
+        from stjobs.backends.k8s_podcheck import check_pod_templates
+
+        notes.append(check_pod_templates(manifest))
+    if spec.secrets:
+        keys = " ".join(f"--from-literal={key}=..." for key in spec.secrets)
+        notes.append(f"secrets come from Secret {k8s_manifest.secret_name(spec)}: kubectl -n {spec.k8s.namespace} "
+                     f"create secret generic {k8s_manifest.secret_name(spec)} {keys}")
+    if not spec.k8s.pvc and not spec.output_dir.startswith("/"):
+        notes.append(f"output_dir {spec.output_dir} is inside the container and lost with the pod; set k8s.pvc to "
+                     "keep checkpoints")
+    return Plan(backend=NAME, job_name=spec.name, files=files, command=("kubectl", "apply", "-k", "."),
+                launch=launch, spec=spec, notes=tuple(notes))
+
+
+def _refuse_for_trainjob(spec: JobSpec) -> None:
+    """TrainJob's runtimePatches cannot carry these; refusing beats dropping them without a word."""
+    k8s = spec.k8s
+    if k8s.scheduler in (Scheduler.volcano, Scheduler.scheduler_plugins):
+        raise SpecError("k8s.scheduler", k8s.scheduler.value, "default or kueue with k8s.kind: trainjob (gang "
+                        "scheduling there comes from the runtime's podGroupPolicy)")
+    unsupported = {"priority_class": k8s.priority_class is not None,
+                   "ttl_after_finished_s": k8s.ttl_after_finished_s is not None,
+                   "restart_policy": k8s.restart_policy is not RestartPolicy.OnFailure,
+                   "clean_pod_policy": k8s.clean_pod_policy is not CleanPodPolicy.Running,
+                   "backoff_limit": k8s.backoff_limit != 3}
+    for field, given in unsupported.items():
+        if given:
+            raise SpecError(f"k8s.{field}", getattr(k8s, field), "unset with k8s.kind: trainjob (a TrainJob has no "
+                            "such field; set it in the ClusterTrainingRuntime)")
+
+
+# Side effects live in k8s_control, imported on first use so `render` never imports the kubernetes client.
+def submit(plan: Plan, **options: Any) -> JobRecord:
+    from stjobs.backends import k8s_control
+
+    return k8s_control.submit(plan, **options)
+
+
+def status(record: JobRecord) -> JobStatus:
+    from stjobs.backends import k8s_control
+
+    return k8s_control.status(record)
+
+
+def logs(record: JobRecord, follow: bool = False, rank: int | None = None) -> Iterator[str]:
+    from stjobs.backends import k8s_control
+
+    return k8s_control.logs(record, follow=follow, rank=rank)
+
+
+def cancel(record: JobRecord) -> JobStatus:
+    from stjobs.backends import k8s_control
+
+    return k8s_control.cancel(record)
