@@ -40,11 +40,12 @@ def test_wheel_in_fresh_venv_renders_the_goldens(tmp_path: Path) -> None:
                            cwd=elsewhere).stdout.split()
     assert all(str(venv) in path for path in where), where
 
-    for spec in ("tiny-ddp", "accelerate"):
+    for spec, backend, golden in (("tiny-ddp", "local", EXAMPLES / "local" / "tiny-ddp"),
+                                  ("accelerate", "local", EXAMPLES / "local" / "accelerate"),
+                                  ("k8s-pytorchjob", "k8s", REPO / "k8s" / "examples" / "k8s-pytorchjob")):
         out = elsewhere / spec
-        subprocess.run([str(venv / "bin" / "stjobs"), "render", str(EXAMPLES / f"{spec}.yaml"), "-o", str(out)],
-                       check=True, capture_output=True, cwd=elsewhere)
-        golden = EXAMPLES / "local" / spec
+        subprocess.run([str(venv / "bin" / "stjobs"), "render", str(EXAMPLES / f"{spec}.yaml"), "-b", backend,
+                        "-o", str(out)], check=True, capture_output=True, cwd=elsewhere)
         files = sorted(p.name for p in golden.iterdir())
         match, mismatch, errors = filecmp.cmpfiles(golden, out, files, shallow=False)
         assert (mismatch, errors) == ([], []), f"wheel output differs from {golden}"
