@@ -13,7 +13,8 @@ __version__ = "0.1.0"
 
 _EXPORTS = {
     "cancel": "stjobs.api", "job_status": "stjobs.api", "logs": "stjobs.api", "render": "stjobs.api",
-    "render_to": "stjobs.api", "status": "stjobs.api", "submit": "stjobs.api", "wait": "stjobs.api",
+    "render_to": "stjobs.api", "render_job": "stjobs.api", "render_image": "stjobs.api",
+    "status": "stjobs.api", "submit": "stjobs.api", "wait": "stjobs.api",
     "load_spec": "stjobs.config", "validate_spec": "stjobs.config",
     "RenderError": "stjobs.errors", "SpecError": "stjobs.errors", "StjobsError": "stjobs.errors",
     "SubmitError": "stjobs.errors", "UsageError": "stjobs.errors",
@@ -25,7 +26,8 @@ _EXPORTS = {
 __all__ = [
     "JobRecord", "JobSpec", "JobStatus", "LaunchPlan", "Launcher", "Plan", "RenderError", "RenderedFile",
     "SpecError", "State", "StjobsError", "Strategy", "SubmitError", "UsageError", "build_launch", "cancel",
-    "job_status", "load_spec", "logs", "render", "render_to", "status", "submit", "validate_spec", "wait",
+    "job_status", "load_spec", "logs", "render", "render_image", "render_job", "render_to",
+    "status", "submit", "validate_spec", "wait",
     "write_plan",
 ]
 
@@ -43,7 +45,18 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:
-    from stjobs.api import cancel, job_status, logs, render, render_to, status, submit, wait
+    from stjobs.api import (
+        cancel,
+        job_status,
+        logs,
+        render,
+        render_image,
+        render_job,
+        render_to,
+        status,
+        submit,
+        wait,
+    )
     from stjobs.config import load_spec, validate_spec
     from stjobs.errors import RenderError, SpecError, StjobsError, SubmitError, UsageError
     from stjobs.jobs import JobRecord, JobStatus, State

@@ -31,9 +31,24 @@ def render(spec: JobSpec, backend: str = "local", k8s_schemas: str | Path | None
     return backend_module(backend).render(spec)
 
 
+def render_job(spec: JobSpec, backend: str = "local", k8s_schemas: str | Path | None = None) -> Plan:
+    """What ``stjobs render`` writes: the backend's plan and, for a job that runs in a container image, the image's
+    build files under images/ (see :func:`render_image`)."""
+    from stjobs.images import with_image_files
+
+    return with_image_files(render(spec, backend, k8s_schemas))
+
+
+def render_image(spec: JobSpec) -> Plan:
+    """The image's build files: GPU and CPU Dockerfiles, an Apptainer definition, pinned requirements."""
+    from stjobs import images
+
+    return images.render(spec)
+
+
 def render_to(spec: JobSpec, out_dir: str | Path, backend: str = "local", force: bool = False,
               k8s_schemas: str | Path | None = None) -> Plan:
-    plan = render(spec, backend, k8s_schemas)
+    plan = render_job(spec, backend, k8s_schemas)
     write_plan(plan, out_dir, overwrite=force)
     return plan
 

@@ -14,10 +14,11 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from stjobs import api
+from stjobs import __version__, api
 from stjobs.backends import BACKENDS
 from stjobs.config import Override, load_spec
 from stjobs.errors import StjobsError
+from stjobs.plan import write_plan
 from stjobs.spec import JobSpec
 
 
@@ -65,7 +66,7 @@ def cmd_render(args: argparse.Namespace) -> int:
     if args.output is None and not args.dry_run:
         raise UsageFailure("render needs -o DIR to write the files, or --dry-run to only print the plan")
     if args.dry_run:
-        print(api.render(spec, args.backend, k8s_schemas(args)).describe(), end="")
+        print(api.render_job(spec, args.backend, k8s_schemas(args)).describe(), end="")
     else:
         plan = api.render_to(spec, args.output, args.backend, force=args.force, k8s_schemas=k8s_schemas(args))
         print(plan.describe(args.output), end="")
@@ -120,6 +121,25 @@ def cmd_cancel(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_image_render(args: argparse.Namespace) -> int:
+    plan = api.render_image(spec_from(args))
+    if args.dry_run:
+        print(plan.describe(), end="")
+        return 0
+    write_plan(plan, args.output, overwrite=args.force)
+    print(plan.describe(args.output), end="")
+    return 0
+
+
+def cmd_image_build(args: argparse.Namespace) -> int:
+    from stjobs.images import build_image
+
+    argv = build_image(spec_from(args), context=args.context, builder=args.builder,
+                       extra_args=tuple(args.builder_args))
+    print(f"built with: {' '.join(argv)}")
+    return 0
+
+
 def cmd_schema(args: argparse.Namespace) -> int:
     print(json.dumps(JobSpec.json_schema(), indent=2, sort_keys=True))
     return 0
@@ -129,11 +149,12 @@ class UsageFailure(Exception):
     pass
 
 
-def _spec_arguments(parser: argparse.ArgumentParser) -> None:
+def _spec_arguments(parser: argparse.ArgumentParser, backend: bool = True) -> None:
     parser.add_argument("spec", nargs="?", metavar="SPEC", help=f"job spec YAML (default: ./{DEFAULT_SPEC})")
-    parser.add_argument("--backend", "-b", choices=sorted(BACKENDS), default="local", help="where the job runs")
-    parser.add_argument("--k8s-schemas", metavar="DIR", default=None,
-                        help=f"Kubeflow CRD files to check k8s manifests against (default: ${K8S_SCHEMAS_ENV})")
+    if backend:
+        parser.add_argument("--backend", "-b", choices=sorted(BACKENDS), default="local", help="where the job runs")
+        parser.add_argument("--k8s-schemas", metavar="DIR", default=None,
+                            help=f"Kubeflow CRD files to check k8s manifests against (default: ${K8S_SCHEMAS_ENV})")
     for flag, field, kind in SPEC_FLAGS:
         parser.add_argument(flag, dest=field, type=kind, default=None, help=f"override spec field {field}")
     parser.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
@@ -143,7 +164,7 @@ def _spec_arguments(parser: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="stjobs", description="Render and submit distributed "
                                      "sentence-transformers training jobs.")
-    parser.add_argument("--version", action="version", version="stjobs 0.1.0")
+    parser.add_argument("--version", action="version", version=f"stjobs {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     render = commands.add_parser("render", help="render SPEC for a backend and print the plan")
@@ -175,6 +196,23 @@ def build_parser() -> argparse.ArgumentParser:
     cancel = commands.add_parser("cancel", help="cancel a job and wait until it stopped")
     cancel.add_argument("job_id", metavar="JOB")
     cancel.set_defaults(run=cmd_cancel)
+
+    image = commands.add_parser("image", help="render or build the job's container image")
+    image_commands = image.add_subparsers(dest="image_command", required=True, metavar="ACTION")
+    image_render = image_commands.add_parser("render", help="write the Dockerfiles, Apptainer .def and pins")
+    _spec_arguments(image_render, backend=False)
+    image_render.add_argument("--output", "-o", default="images", help="directory (default: ./images)")
+    image_render.add_argument("--dry-run", action="store_true", help="print the plan; write nothing")
+    image_render.add_argument("--force", action="store_true", help="replace a non-empty output directory")
+    image_render.set_defaults(run=cmd_image_render)
+    image_build = image_commands.add_parser("build", help="build the image with docker, podman or buildah")
+    _spec_arguments(image_build, backend=False)
+    image_build.add_argument("--context", default=".", help="the project root holding images/ (default: .)")
+    image_build.add_argument("--builder", choices=("docker", "podman", "buildah"), default=None,
+                             help="default: the first found on PATH")
+    image_build.add_argument("--builder-arg", dest="builder_args", action="append", default=[], metavar="ARG",
+                             help="passed to the builder after 'build', e.g. --builder-arg=--build-arg=X=1")
+    image_build.set_defaults(run=cmd_image_build)
 
     schema = commands.add_parser("schema", help="print the job spec's JSON Schema")
     schema.set_defaults(run=cmd_schema)

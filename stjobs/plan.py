@@ -27,7 +27,7 @@ class Plan:
     files: tuple[RenderedFile, ...]
     # How a person runs what was rendered, relative to the output directory.
     command: tuple[str, ...]
-    launch: LaunchPlan
+    launch: LaunchPlan | None  # None for a plan that launches nothing (the image build files)
     spec: JobSpec
     notes: tuple[str, ...] = ()
 
@@ -43,12 +43,13 @@ class Plan:
         for item in self.files:
             mode = " (executable)" if item.executable else ""
             lines.append(f"  {item.path}  {len(item.content.encode())} bytes{mode}")
-        lines.append("launch (on each node):")
-        lines.append(f"  {shell_line(self.launch.argv)}")
-        if self.launch.required_vars:
-            lines.append(f"  run-time values: {', '.join(self.launch.required_vars)}")
-        if self.launch.secrets:
-            lines.append(f"  secrets taken from the environment: {', '.join(self.launch.secrets)}")
+        if self.launch is not None:
+            lines.append("launch (on each node):")
+            lines.append(f"  {shell_line(self.launch.argv)}")
+            if self.launch.required_vars:
+                lines.append(f"  run-time values: {', '.join(self.launch.required_vars)}")
+            if self.launch.secrets:
+                lines.append(f"  secrets taken from the environment: {', '.join(self.launch.secrets)}")
         lines.append("command:")
         lines.append(f"  {' '.join(self.command)}")
         lines.extend(f"note: {note}" for note in self.notes)

@@ -29,6 +29,7 @@ from stjobs.fields import (
     spec_field,
     to_data,
 )
+from stjobs.spec_image import BuildOptions
 from stjobs.spec_k8s import K8sOptions, Kind
 
 NAME_PATTERN = r"[a-z]([a-z0-9-]{0,40}[a-z0-9])?"
@@ -232,6 +233,7 @@ class JobSpec:
     rendezvous: Rendezvous = spec_field(Nested(Rendezvous), doc="port, port_range, timeout_s")
     max_restarts: int = spec_field(Integer(0, 100, "a whole number of restarts from 0 to 100"), 0)
     nccl: NcclOptions = spec_field(Nested(NcclOptions), doc="debug, fabric, timeout_s")
+    build: BuildOptions = spec_field(Nested(BuildOptions), doc="how the image is built (image names it)")
     slurm: SlurmOptions = spec_field(Nested(SlurmOptions), doc="SLURM options")
     k8s: K8sOptions = spec_field(Nested(K8sOptions), doc="Kubernetes options")
     local: LocalOptions = spec_field(Nested(LocalOptions), doc="local-backend options")

@@ -164,7 +164,6 @@ class K8sOptions:
         Nullable(Integer(0, 2**31 - 1, "seconds a finished job is kept before deletion, or null to keep it")), None)
     wait_for_master: bool = spec_field(Boolean(), True, doc="workers wait until the master's rendezvous port "
                                        "answers (an init container), instead of racing its DNS record")
-    run_as_user: int = spec_field(Integer(1, 2**31 - 1, "a non-root numeric user id (1 or more)"), 1000)
     shm_gb: float | None = spec_field(Nullable(Number(0, 65536, "the /dev/shm size limit in GB, or null for no "
                                                       "limit")), None)
     pvc: str | None = spec_field(Nullable(_name("a PersistentVolumeClaim name for outputs and checkpoints")),

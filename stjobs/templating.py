@@ -33,6 +33,15 @@ def _argv(argv: tuple[Arg, ...] | list[Arg]) -> str:
 
 
 @lru_cache(maxsize=1)
+def docker_quote(value: object) -> str:
+    """A double-quoted Dockerfile word (LABEL, ENV, ARG defaults): backslash, quote and '$' escaped."""
+    text = str(value)
+    if "\n" in text or "\r" in text:
+        raise RenderError(f"a Dockerfile value cannot hold a line break: {text!r}")
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"').replace("$", "\\$") + '"'
+
+
+@lru_cache(maxsize=1)  # one environment per process: it caches the compiled templates
 def environment() -> jinja2.Environment:
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(str(templates_dir())),
@@ -45,6 +54,7 @@ def environment() -> jinja2.Environment:
     env.filters["sh"] = _quote
     env.filters["word"] = shell_word
     env.filters["argv"] = _argv
+    env.filters["dq"] = docker_quote
     return env
 
 

@@ -148,7 +148,7 @@ def test_trainjob_shape() -> None:
     ("k8s-pytorchjob", [], ["k8s.tolerations=[{key: a, operator: Maybe}]"], "k8s.tolerations[0].operator"),
     ("k8s-pytorchjob", [], ["k8s.tolerations=[{key: a, effct: NoSchedule}]"], "k8s.tolerations[0].effct"),
     ("k8s-pytorchjob", [], ["k8s.affinity={nodeAfinity: {}}"], "k8s.affinity.nodeAfinity"),
-    ("k8s-pytorchjob", [], ["k8s.run_as_user=0"], "k8s.run_as_user"),
+    ("k8s-pytorchjob", [], ["build.uid=0"], "build.uid"),
     ("k8s-pytorchjob", [], ["k8s.namespace=ML"], "k8s.namespace"),
     ("k8s-pytorchjob", [], ["k8s.pvc_mount_path=relative/dir"], "k8s.pvc_mount_path"),
     ("k8s-pytorchjob", [("nodes", "4:2")], [], "nodes"),
@@ -200,7 +200,9 @@ def test_secret_values_never_reach_k8s_files(tmp_path: Path) -> None:
     out = tmp_path / "out"
     subprocess.run([stjobs_bin(), "render", str(EXAMPLES / "k8s-gpu-elastic.yaml"), "-b", "k8s", "-o", str(out)],
                    check=True, capture_output=True, env=offline_env(HF_TOKEN="hf_canary_value_123"))
-    for path in out.rglob("*"):
+    files = [path for path in out.rglob("*") if path.is_file()]
+    assert (out / "images" / "Dockerfile.gpu") in files
+    for path in files:
         assert "hf_canary_value_123" not in path.read_text()
     assert "secretKeyRef" in (out / "pytorchjob.yaml").read_text()
 

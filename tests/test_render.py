@@ -17,7 +17,9 @@ from stjobs.plan import write_plan
 from tests.conftest import EXAMPLES, REPO, offline_env, stjobs_bin
 
 # Where each backend's golden examples live: one directory per example spec under examples/.
-GOLDEN_ROOTS = {"local": EXAMPLES / "local", "slurm": REPO / "slurm" / "examples", "k8s": REPO / "k8s" / "examples"}
+GOLDEN_ROOTS = {"local": EXAMPLES / "local", "slurm": REPO / "slurm" / "examples", "k8s": REPO / "k8s" / "examples",
+                "image": REPO / "images" / "examples"}  # image: `stjobs image render`, not a backend
+BACKENDS = ("local", "slurm", "k8s")
 SPECS = sorted(EXAMPLES.glob("*.yaml"))
 # examples/k8s-*.yaml are Kubernetes shapes (an image, elastic sizes); the others run on local and SLURM.
 K8S_SPECS = [spec for spec in SPECS if spec.stem.startswith("k8s-")]
@@ -25,7 +27,14 @@ UPDATE = os.environ.get("STJOBS_UPDATE_GOLDEN") == "1"
 
 
 def specs_for(backend: str) -> list[Path]:
+    if backend == "image":  # every example that names an image gets its build files
+        return [spec for spec in SPECS if stjobs.load_spec(spec).image is not None]
     return K8S_SPECS if backend == "k8s" else [spec for spec in SPECS if spec not in K8S_SPECS]
+
+
+def render_for(backend: str, spec_path: Path) -> stjobs.Plan:
+    spec = stjobs.load_spec(spec_path)
+    return stjobs.render_image(spec) if backend == "image" else stjobs.render(spec, backend)
 
 
 def golden_cases(backends: tuple[str, ...] = tuple(GOLDEN_ROOTS)) -> list[tuple[str, Path]]:
@@ -46,7 +55,7 @@ def test_golden_directories_match_the_examples() -> None:
 def test_golden_files(backend: str, spec_path: Path) -> None:
     """The files under examples/<backend>/ are exactly what the templates produce; regenerate with
     STJOBS_UPDATE_GOLDEN=1 pytest tests/test_render.py."""
-    plan = stjobs.render(stjobs.load_spec(spec_path), backend)
+    plan = render_for(backend, spec_path)
     golden = GOLDEN_ROOTS[backend] / spec_path.stem
     if UPDATE:
         if golden.exists():
@@ -131,7 +140,7 @@ def test_secret_values_never_reach_rendered_files(tmp_path: Path) -> None:
 HEAVY = ("torch", "sentence_transformers", "accelerate", "transformers", "kubernetes", "submitit", "datasets")
 
 
-@pytest.mark.parametrize("backend", sorted(GOLDEN_ROOTS))
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_render_imports_nothing_heavy(backend: str, tmp_path: Path) -> None:
     spec = specs_for(backend)[0] if backend == "k8s" else EXAMPLES / "two-nodes.yaml"
     probe = (

@@ -115,7 +115,7 @@ def volumes(spec: JobSpec) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
 
 
 def pod_security(spec: JobSpec) -> dict[str, Any]:
-    uid = spec.k8s.run_as_user
+    uid = spec.build.uid  # the image's USER: one source
     return {"runAsNonRoot": True, "runAsUser": uid, "runAsGroup": uid, "fsGroup": uid,
             "seccompProfile": {"type": "RuntimeDefault"}}
 

@@ -1,0 +1,198 @@
+"""Container images for a job: a GPU and a CPU Dockerfile and an Apptainer definition, rendered from the spec.
+
+``spec.image`` is the one name every backend uses (pyxis, Apptainer, the Kubernetes manifests); ``spec.build``
+pins what goes into it. The files are meant for ``images/`` in the project, with the project root as the build
+context, so the code copied into the image is the code the job runs. Rendering is pure; ``build_image`` is the
+only function here with side effects (it runs a builder found on the machine).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import shlex
+import shutil
+import subprocess
+from pathlib import Path
+
+from stjobs import __version__
+from stjobs.errors import SpecError, SubmitError
+from stjobs.plan import Plan, RenderedFile
+from stjobs.spec import JobSpec
+from stjobs.spec_image import CPU_BASE, GPU_BASE, CodeMode, Variant
+from stjobs.templating import docker_quote, render_template
+
+IMAGE_WORKDIR = "/workspace"  # where the code is (copied or mounted); the k8s pods and SLURM containers start here
+CACHE_ROOT = "/cache"
+HF_HOME = f"{CACHE_ROOT}/huggingface"  # a volume: model downloads survive the container and stay out of layers
+VENV = "/opt/venv"
+FILES_DIR = "images"  # where `stjobs image render` puts these files, relative to the build context
+CPU_TORCH_INDEX = "https://download.pytorch.org/whl/cpu"  # PyPI's Linux torch wheels are CUDA builds (GBs)
+SOURCE_URL = "https://github.com/stjobs/stjobs"
+BUILDERS = ("docker", "podman", "buildah")
+# Kept out of the build context: caches, venvs, VCS data, outputs, and anything that smells of a secret.
+DOCKERIGNORE = """\
+# Rendered by stjobs: what never goes into the image's code layer.
+.git
+**/__pycache__
+**/*.pyc
+.venv
+**/.venv*
+.mypy_cache
+.pytest_cache
+.ruff_cache
+outputs
+.stjobs
+dist
+build
+*.egg-info
+.env
+**/.env
+**/*.pem
+**/*.key
+**/id_rsa*
+**/.netrc
+**/.aws
+**/.kube
+"""
+
+
+def variant_of(spec: JobSpec) -> Variant:
+    if spec.build.variant is not Variant.auto:
+        return spec.build.variant
+    return Variant.gpu if spec.gpus_per_node else Variant.cpu
+
+
+def base_image(spec: JobSpec, variant: Variant) -> str:
+    base = spec.build.base or (GPU_BASE if variant is Variant.gpu else CPU_BASE)
+    return f"{base}@{spec.build.base_digest}" if spec.build.base_digest else base
+
+
+def dockerfile_name(variant: Variant) -> str:
+    return f"Dockerfile.{variant.value}"
+
+
+def is_sif(image: str) -> bool:
+    return image.endswith(".sif") or image.startswith("/")
+
+
+def image_name(spec: JobSpec) -> str:
+    """The registry name the image is built as and pushed to (what pyxis and Kubernetes pull)."""
+    if spec.image is None:
+        raise SpecError("image", None, "an image name to build, e.g. ghcr.io/org/train:1.0")
+    if is_sif(spec.image):
+        raise SpecError("image", spec.image, "a registry image name to build (a .sif is built from apptainer.def)")
+    return spec.image
+
+
+def sif_path(spec: JobSpec) -> str:
+    return spec.image if spec.image and is_sif(spec.image) else f"{spec.name}.sif"
+
+
+def build_command(spec: JobSpec, variant: Variant, builder: str = "docker") -> list[str]:
+    """The command that builds the image from the project root (also printed in the Dockerfile's header)."""
+    name = dockerfile_name(variant)
+    ignore = ([f"--ignorefile={FILES_DIR}/{name}.dockerignore"] if builder in ("podman", "buildah") else [])
+    tag = spec.image if spec.image and not is_sif(spec.image) else f"{spec.name}:latest"
+    return [builder, "build", "-f", f"{FILES_DIR}/{name}", *ignore, "-t", tag, "."]
+
+
+def _labels(spec: JobSpec) -> list[tuple[str, str]]:
+    return [("org.opencontainers.image.title", spec.name),
+            ("org.opencontainers.image.source", SOURCE_URL),
+            ("org.opencontainers.image.version", __version__),
+            ("org.opencontainers.image.description", f"stjobs job {spec.name}"),
+            ("org.opencontainers.image.base.name", base_image(spec, variant_of(spec)))]
+
+
+def _context(spec: JobSpec, variant: Variant) -> dict[str, object]:
+    venv = variant is Variant.cpu  # the PyTorch base ships its own Python with torch; the slim one needs a venv
+    # Run-time tuning (threads, tokenizers) comes from the launch plan's env, not from the image.
+    env: dict[str, str] = {"PYTHONUNBUFFERED": "1", "PYTHONDONTWRITEBYTECODE": "1", "PIP_NO_CACHE_DIR": "1",
+                           "HF_HOME": HF_HOME}
+    docker_env = [(key, docker_quote(value)) for key, value in env.items()]
+    if venv:
+        docker_env = [("VIRTUAL_ENV", docker_quote(VENV)), ("PATH", f'"{VENV}/bin:${{PATH}}"'), *docker_env]
+    torch_note = ("the base image's own build" if variant is Variant.gpu
+                  else "CPU wheels from the PyTorch index; PyPI's are CUDA builds")
+    return {
+        "name": spec.name, "variant": variant.value, "base_image": base_image(spec, variant),
+        "labels": _labels(spec), "env": sorted(env.items()),
+        # One instruction, one line per item: Python lays these out so the template stays a plain shape.
+        "label_block": " \\\n      ".join(f"{key}={docker_quote(value)}" for key, value in _labels(spec)),
+        "env_block": " \\\n    ".join(f"{key}={value}" for key, value in docker_env),
+        "apt_packages": list(spec.build.apt_packages), "venv": venv, "venv_dir": VENV, "torch": spec.build.torch,
+        "torch_note": torch_note, "torch_index_url": CPU_TORCH_INDEX if variant is Variant.cpu else "",
+        "files_dir": FILES_DIR, "workdir": IMAGE_WORKDIR, "hf_home": HF_HOME, "cache_root": CACHE_ROOT,
+        "uid": spec.build.uid, "copy_code": spec.build.code is CodeMode.copy,
+        "build_command": shlex.join(build_command(spec, variant)),
+        "pip": f"{VENV}/bin/pip" if venv else "pip", "python": f"{VENV}/bin/python" if venv else "python",
+        "sif": sif_path(spec),
+    }
+
+
+def image_files(spec: JobSpec) -> list[RenderedFile]:
+    """Both Dockerfiles (the spec's variant is the one `stjobs image build` uses), their ignore files, the
+    Apptainer definition (from the spec's variant), and the pinned requirements and constraints."""
+    files = []
+    for variant in (Variant.gpu, Variant.cpu):
+        name = dockerfile_name(variant)
+        files.append(RenderedFile(name, render_template("Dockerfile.j2", **_context(spec, variant))))
+        files.append(RenderedFile(f"{name}.dockerignore", DOCKERIGNORE))
+    files.append(RenderedFile("apptainer.def", render_template("apptainer.def.j2",
+                                                               **_context(spec, variant_of(spec)))))
+    header = "# Rendered by stjobs from the job spec (build.packages): exact pins only.\n"
+    files.append(RenderedFile("requirements.txt", header + "".join(f"{pin}\n" for pin in spec.build.packages)))
+    files.append(RenderedFile("constraints.txt", f"# Rendered by stjobs (build.torch): never another torch.\n"
+                                                 f"torch=={spec.build.torch}\n"))
+    return files
+
+
+def render(spec: JobSpec) -> Plan:
+    """The image files as a plan of their own (``stjobs image render``)."""
+    variant = variant_of(spec)
+    command = tuple(build_command(spec, variant))
+    notes = (f"variant: {variant.value} (base {base_image(spec, variant)}); render into ./{FILES_DIR} and build "
+             "from the project root",)
+    return Plan(backend="image", job_name=spec.name, files=tuple(image_files(spec)), command=command,
+                launch=None, spec=spec, notes=notes)
+
+
+def uses_image(spec: JobSpec, backend: str) -> bool:
+    """Whether ``backend`` runs ``spec`` in a container image (whose build files then come with its render)."""
+    if spec.image is None:
+        return False
+    return backend == "k8s" or (backend == "slurm" and spec.slurm.container.value != "none")
+
+
+def with_image_files(plan: Plan) -> Plan:
+    """``plan`` plus the image's build files under images/, when its backend runs the job in a container."""
+    if not uses_image(plan.spec, plan.backend):
+        return plan
+    extra = tuple(RenderedFile(f"{FILES_DIR}/{item.path}", item.content) for item in image_files(plan.spec))
+    note = f"image: build files in {FILES_DIR}/ (`{shlex.join(build_command(plan.spec, variant_of(plan.spec)))}`)"
+    return dataclasses.replace(plan, files=plan.files + extra, notes=(*plan.notes, note))
+
+
+def find_builder(preferred: str | None = None) -> str:
+    """The first of docker, podman, buildah on PATH (or the one asked for)."""
+    for name in ([preferred] if preferred else BUILDERS):
+        if shutil.which(name):
+            return name
+    wanted = preferred or " or ".join(BUILDERS)
+    raise SubmitError(f"image build: no {wanted} on PATH; install one, or build {FILES_DIR}/ elsewhere")
+
+
+def build_image(spec: JobSpec, context: str | Path = ".", builder: str | None = None,
+                extra_args: tuple[str, ...] = ()) -> list[str]:
+    """Build the spec's image from ``context`` (which holds ``images/`` as rendered); returns the command run."""
+    image_name(spec)
+    tool = find_builder(builder)
+    argv = build_command(spec, variant_of(spec), tool)
+    argv[2:2] = list(extra_args)  # after `build`: e.g. --build-arg PIP_FIND_LINKS=... or --volume for buildah
+    missing = [f for f in (f"{FILES_DIR}/{dockerfile_name(variant_of(spec))}",) if not (Path(context) / f).is_file()]
+    if missing:
+        raise SubmitError(f"image build: {missing[0]} is missing in {context}; run stjobs image render first")
+    done = subprocess.run(argv, cwd=context)
+    if done.returncode != 0:
+        raise SubmitError(f"image build: {tool} exited with {done.returncode} ({shlex.join(argv)})")
+    return argv
