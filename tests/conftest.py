@@ -3,6 +3,7 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -30,3 +31,13 @@ def offline_env(**extra: str) -> dict[str, str]:
                 "PATH": f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}"})
     env.update(extra)
     return env
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """The image build's durations (issue: report them in the test output), when that group ran."""
+    module = sys.modules.get("tests.test_image_build")
+    timings = getattr(module, "TIMINGS", None)
+    if timings:
+        terminalreporter.section("image build timings")
+        for step, seconds in timings.items():
+            terminalreporter.write_line(f"{step:48} {seconds:7.1f} s")
