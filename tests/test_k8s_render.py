@@ -81,6 +81,13 @@ def test_pytorchjob_shape() -> None:
     assert wait["command"][-3:] == ["k8s-pytorchjob-master-0", "29500", "900"]
 
 
+def test_mounted_code_comes_from_the_pvc() -> None:
+    job = manifest("k8s-pytorchjob", ("workdir", "/mnt/stjobs/project"), sets=("build.code=mount", "k8s.pvc=code"))
+    main = pod(job, "Master")["containers"][0]
+    assert main["workingDir"] == "/mnt/stjobs/project"
+    assert {"name": "outputs", "mountPath": "/mnt/stjobs"} in main["volumeMounts"]
+
+
 def test_single_node_is_a_master_alone() -> None:
     job = manifest("k8s-pytorchjob", ("nodes", 1))
     assert list(job["spec"]["pytorchReplicaSpecs"]) == ["Master"]
@@ -152,6 +159,7 @@ def test_trainjob_shape() -> None:
     ("k8s-pytorchjob", [], ["k8s.namespace=ML"], "k8s.namespace"),
     ("k8s-pytorchjob", [], ["k8s.pvc_mount_path=relative/dir"], "k8s.pvc_mount_path"),
     ("k8s-pytorchjob", [("nodes", "4:2")], [], "nodes"),
+    ("k8s-pytorchjob", [], ["build.code=mount"], "build.code"),
 ])
 def test_refusals_name_the_field(name: str, overrides: list[tuple[str, Any]], sets: list[str], field: str) -> None:
     with pytest.raises(SpecError) as caught:

@@ -21,6 +21,7 @@ from stjobs.errors import SpecError
 from stjobs.launch import build_launch
 from stjobs.plan import Plan, RenderedFile
 from stjobs.spec import JobSpec
+from stjobs.spec_image import CodeMode
 from stjobs.spec_k8s import CleanPodPolicy, Kind, RestartPolicy, Scheduler
 
 if TYPE_CHECKING:
@@ -35,6 +36,11 @@ def render(spec: JobSpec, schemas_dir: Path | None = None) -> Plan:
         raise SpecError("image", None, "a container image for the k8s backend (e.g. ghcr.io/org/train:1.0)")
     if spec.k8s.kind is Kind.trainjob:
         _refuse_for_trainjob(spec)
+    mount = spec.k8s.pvc_mount_path.rstrip("/") + "/"
+    if spec.build.code is CodeMode.mount and not (spec.k8s.pvc and spec.workdir.startswith(mount)):
+        # A pod has no submit directory to bind: mounted code can only come from the PVC.
+        raise SpecError("build.code", "mount", f"copy for the k8s backend, or k8s.pvc with workdir under "
+                        f"{spec.k8s.pvc_mount_path} (where the code is mounted)")
     launch = build_launch(spec, rendezvous_from_env=True)
     manifest = k8s_manifest.build(spec, launch)
     check_note = check_manifest(manifest, schemas_dir)
