@@ -16,8 +16,10 @@ from typing import Any
 from stjobs.errors import SpecError
 from stjobs.fields import Boolean, Choice, Integer, Nullable, Number, Parser, Text, Words, spec_field
 
+# Kubernetes' name syntaxes, shared with the manifest checks (backends/k8s_checks.py).
 DNS_LABEL = r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?"
-DNS_SUBDOMAIN = r"[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?"
+DNS_1035_LABEL = r"[a-z]([-a-z0-9]{0,61}[a-z0-9])?"
+DNS_SUBDOMAIN = r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*"  # at most 253: checked apart
 LABEL_NAME = r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?"
 LABEL_VALUE = rf"({LABEL_NAME})?"
 LABEL_KEY = rf"({DNS_SUBDOMAIN}/)?{LABEL_NAME}"
@@ -59,7 +61,7 @@ class Labels(Parser[dict[str, str]]):
             raise self.fail(field, value)
         out: dict[str, str] = {}
         for key, item in value.items():
-            if not isinstance(key, str) or not re.fullmatch(LABEL_KEY, key):
+            if not isinstance(key, str) or not re.fullmatch(LABEL_KEY, key) or len(key.rpartition("/")[0]) > 253:
                 raise SpecError(f"{field}.{key}", key, "a label key: [prefix/]name of letters, digits, '-_.'")
             if isinstance(item, bool) or not isinstance(item, (str, int)) or not re.fullmatch(LABEL_VALUE, str(item)):
                 raise SpecError(f"{field}.{key}", item, "a label value: at most 63 letters, digits, '-_.'")

@@ -15,15 +15,16 @@ from typing import Any
 
 from stjobs.backends.k8s_schema import CRD_FILES, _dict, _json, _key, _show, load_schema, schema_errors
 from stjobs.errors import RenderError
+from stjobs.spec_k8s import DNS_1035_LABEL, DNS_LABEL, DNS_SUBDOMAIN, LABEL_NAME
 
 __all__ = ["CRD_FILES", "MAX_REPORTED", "check_manifest", "load_schema", "rule_errors", "schema_errors"]
 
 MAX_REPORTED = 5
 
-_DNS1035_LABEL = re.compile(r"[a-z]([-a-z0-9]{0,61}[a-z0-9])?")
-_DNS1123_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
-_DNS1123_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
-_LABEL_NAME = re.compile(r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?")
+_DNS1035_LABEL = re.compile(DNS_1035_LABEL)
+_DNS1123_LABEL = re.compile(DNS_LABEL)
+_DNS1123_SUBDOMAIN = re.compile(DNS_SUBDOMAIN)
+_LABEL_NAME = re.compile(LABEL_NAME)
 _LABEL_FORM = "at most 63 of A-Z, a-z, 0-9, '-', '_', '.' (alphanumeric at both ends)"
 _ENV_NAME = re.compile(r"[-._a-zA-Z][-._a-zA-Z0-9]*")
 # Whole name segments only: TOKENIZERS_PARALLELISM (set by launch.py) is no token, HF_TOKEN is.
