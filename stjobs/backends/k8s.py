@@ -10,6 +10,7 @@ strictly against the official CRD: unknown fields fail here instead of being pru
 from __future__ import annotations
 
 from collections.abc import Iterator
+from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -22,7 +23,7 @@ from stjobs.launch import build_launch
 from stjobs.plan import Plan, RenderedFile
 from stjobs.spec import JobSpec
 from stjobs.spec_image import CodeMode
-from stjobs.spec_k8s import CleanPodPolicy, Kind, RestartPolicy, Scheduler
+from stjobs.spec_k8s import K8sOptions, Kind, Scheduler
 
 if TYPE_CHECKING:
     from stjobs.jobs import JobRecord, JobStatus
@@ -72,15 +73,13 @@ def _refuse_for_trainjob(spec: JobSpec) -> None:
     if k8s.scheduler in (Scheduler.volcano, Scheduler.scheduler_plugins):
         raise SpecError("k8s.scheduler", k8s.scheduler.value, "default or kueue with k8s.kind: trainjob (gang "
                         "scheduling there comes from the runtime's podGroupPolicy)")
-    unsupported = {"priority_class": k8s.priority_class is not None,
-                   "ttl_after_finished_s": k8s.ttl_after_finished_s is not None,
-                   "restart_policy": k8s.restart_policy is not RestartPolicy.OnFailure,
-                   "clean_pod_policy": k8s.clean_pod_policy is not CleanPodPolicy.Running,
-                   "backoff_limit": k8s.backoff_limit != 3}
-    for field, given in unsupported.items():
-        if given:
-            raise SpecError(f"k8s.{field}", getattr(k8s, field), "unset with k8s.kind: trainjob (a TrainJob has no "
-                            "such field; set it in the ClusterTrainingRuntime)")
+    # Each of these differs from its default only when the user set it.
+    for field in ("priority_class", "ttl_after_finished_s", "restart_policy", "clean_pod_policy", "backoff_limit"):
+        value = getattr(k8s, field)
+        if value != K8sOptions.__dataclass_fields__[field].default:
+            shown = value.value if isinstance(value, Enum) else value
+            raise SpecError(f"k8s.{field}", shown, "unset with k8s.kind: trainjob (a TrainJob has no such field; "
+                            "set it in the ClusterTrainingRuntime)")
 
 
 # Side effects live in k8s_control, imported on first use so `render` never imports the kubernetes client.
