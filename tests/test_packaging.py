@@ -49,4 +49,11 @@ def test_wheel_in_fresh_venv_renders_the_goldens(tmp_path: Path) -> None:
         files = sorted(p.name for p in golden.iterdir())
         match, mismatch, errors = filecmp.cmpfiles(golden, out, files, shallow=False)
         assert (mismatch, errors) == ([], []), f"wheel output differs from {golden}"
+        if backend == "k8s":  # a container job: the image's build files come along, from the wheel's templates
+            images = REPO / "images" / "examples" / spec
+            image_files = sorted(p.name for p in images.iterdir())
+            match, mismatch, errors = filecmp.cmpfiles(images, out / "images", image_files, shallow=False)
+            assert (mismatch, errors) == ([], []), f"wheel output differs from {images}"
+            assert sorted(p.name for p in (out / "images").iterdir()) == image_files
+            files = sorted([*files, "images"])
         assert sorted(p.name for p in out.iterdir()) == files
