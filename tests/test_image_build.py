@@ -93,8 +93,8 @@ def built_image(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 INSIDE = """\
 set -e
 echo "== version"; stjobs --version
-echo "== probe"; python -c "import os, torch; print(os.getuid(), os.getcwd(), torch.__version__, \
-os.environ['HF_HOME'], sorted(os.listdir('.')))"
+echo "== probe"; python -c "import getpass, os, torch; print(os.getuid(), getpass.getuser(), os.getcwd(), \
+torch.__version__, os.environ['HF_HOME'], os.access(os.path.expanduser('~'), os.W_OK), sorted(os.listdir('.')))"
 echo "== mounts"; find /run/host-ca.crt /wheels /opt/wheels -maxdepth 1 -printf '%p %s\\n' 2>/dev/null || true
 echo "== train"
 python -m stjobs.train.models --tiny-from examples/data/train.jsonl --out /tmp/model
@@ -121,8 +121,9 @@ def inside(built_image: str) -> dict[str, str]:
 
 def test_image_runs_stjobs_as_a_non_root_user(inside: dict[str, str]) -> None:
     assert inside["version"].strip() == f"stjobs {stjobs.__version__}"
-    uid, cwd, torch_version, hf_home, listing = inside["probe"].split(maxsplit=4)
+    uid, user, cwd, torch_version, hf_home, home_writable, listing = inside["probe"].split(maxsplit=6)
     assert (uid, cwd, hf_home) == ("1000", "/workspace", "/cache/huggingface")
+    assert user == "stjobs" and home_writable == "True", "a passwd entry and a writable home (getpass, caches)"
     assert torch_version.startswith("2.13.0") and "+cpu" in torch_version
     assert "examples" in listing and ".env" not in listing, "the .dockerignore kept secrets out of the code layer"
 
