@@ -14,16 +14,13 @@ TorchX's Kubernetes dry run is not pure either: without ``--workspace ""`` it as
 
 from __future__ import annotations
 
-import argparse
-import os
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_render import REPO, measure, torchx_binary
+from bench_render import REPO, bench_options, measure, workspace
 
 SPEC = """\
 name: bench
@@ -91,18 +88,8 @@ def in_process(work: Path, seconds: float = 2.0) -> dict[str, float]:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rounds", type=int, default=15)
-    parser.add_argument("--with-torchx", action="store_true", help="install TorchX for the comparison")
-    options = parser.parse_args()
-    # A user's Python caches bytecode; a shell that disables it (PYTHONDONTWRITEBYTECODE) would make every run
-    # recompile stjobs and TorchX from source and measure the compiler instead.
-    os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
-    torchx = torchx_binary(options.with_torchx)
-    with tempfile.TemporaryDirectory() as tmp:
-        work = Path(tmp)
-        (work / "spec.yaml").write_text(SPEC)
-        (work / "train.py").write_text("print('hello')\n")
+    options, torchx = bench_options(__doc__ or "")
+    with workspace(SPEC) as work:
         median = whole_process(work, torchx, options.rounds)
         rates = in_process(work)
 

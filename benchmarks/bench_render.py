@@ -18,6 +18,7 @@ same dry run takes 10-60 s here; with a live one it adds a controller round trip
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shutil
 import statistics
@@ -25,6 +26,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -91,19 +93,31 @@ def measure(cases: dict[str, list[str]], rounds: int, cwd: Path) -> dict[str, li
     return times
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def bench_options(doc: str) -> tuple[argparse.Namespace, str | None]:
+    """The options both render benchmarks take, and TorchX's binary (installed with --with-torchx)."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument("--with-torchx", action="store_true", help="install TorchX for the comparison")
     options = parser.parse_args()
     # A user's Python caches bytecode; a shell that disables it (PYTHONDONTWRITEBYTECODE) would make every run
     # recompile stjobs and TorchX from source and measure the compiler instead.
     os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
-    torchx = torchx_binary(options.with_torchx)
+    return options, torchx_binary(options.with_torchx)
+
+
+@contextlib.contextmanager
+def workspace(spec: str) -> Iterator[Path]:
+    """A scratch project: the spec and the script it names."""
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        (work / "spec.yaml").write_text(SPEC)
+        (work / "spec.yaml").write_text(spec)
         (work / "train.py").write_text("print('hello')\n")
+        yield work
+
+
+def main() -> int:
+    options, torchx = bench_options(__doc__ or "")
+    with workspace(SPEC) as work:
         times = measure(commands(work, torchx), options.rounds, work)
 
     median = {name: statistics.median(values) for name, values in times.items()}
