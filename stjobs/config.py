@@ -6,14 +6,11 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from stjobs import yamlin
 from stjobs.errors import SpecError
 from stjobs.spec import JobSpec, parse_spec
 
 Override = tuple[str, Any]
-# libyaml's loader when PyYAML was built with it: the same safe subset, several times faster.
-SAFE_LOADER: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
 def load_spec(path: str | Path | None = None, overrides: Iterable[Override] = (),
@@ -38,12 +35,9 @@ def read_spec_file(path: str | Path) -> dict[str, Any]:
         text = file.read_text(encoding="utf-8")
     except OSError as error:
         raise SpecError("spec file", str(file), f"a readable YAML file ({error.strerror})") from None
-    try:
-        data = yaml.load(text, Loader=SAFE_LOADER)
-    except yaml.YAMLError as error:
-        mark = getattr(error, "problem_mark", None)
-        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
-        raise SpecError("spec file", str(file), f"valid YAML{where}") from None
+    data = yamlin.load(text)  # plain spec files, without importing PyYAML
+    if data is None:
+        data = _pyyaml_load(text, str(file))
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -51,14 +45,33 @@ def read_spec_file(path: str | Path) -> dict[str, Any]:
     return data
 
 
+def _pyyaml_load(text: str, file: str) -> Any:
+    import yaml
+
+    # libyaml's loader when PyYAML was built with it: the same safe subset, several times faster.
+    loader: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+    try:
+        return yaml.load(text, Loader=loader)
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+        raise SpecError("spec file", file, f"valid YAML{where}") from None
+
+
 def parse_set(item: str) -> Override:
     key, sep, raw = item.partition("=")
     if not sep or not key.strip():
         raise SpecError("--set", item, "KEY=VALUE with a dotted key, e.g. slurm.partition=gpu")
-    try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
-    except yaml.YAMLError:
-        value = raw  # not YAML: take it as the plain string the user typed
+    if not raw.strip():
+        return key.strip(), ""
+    value = yamlin.load_value(raw)
+    if value is None:
+        import yaml
+
+        try:
+            value = yaml.safe_load(raw)
+        except yaml.YAMLError:
+            value = raw  # not YAML: take it as the plain string the user typed
     return key.strip(), value
 
 
