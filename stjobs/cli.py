@@ -161,20 +161,15 @@ def _spec_arguments(parser: argparse.ArgumentParser, backend: bool = True) -> No
                         help="override any spec field, e.g. --set slurm.partition=gpu (repeatable)")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="stjobs", description="Render and submit distributed "
-                                     "sentence-transformers training jobs.")
-    parser.add_argument("--version", action="version", version=f"stjobs {__version__}")
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
-    render = commands.add_parser("render", help="render SPEC for a backend and print the plan")
+def _render_parser(render: argparse.ArgumentParser) -> None:
     _spec_arguments(render)
     render.add_argument("--output", "-o", help="directory to write the files into")
     render.add_argument("--dry-run", action="store_true", help="print the plan; write nothing")
     render.add_argument("--force", action="store_true", help="replace a non-empty output directory")
     render.set_defaults(run=cmd_render)
 
-    submit = commands.add_parser("submit", help="submit SPEC to a backend; prints the job id")
+
+def _submit_parser(submit: argparse.ArgumentParser) -> None:
     _spec_arguments(submit)
     submit.add_argument("--wait", action="store_true", help="wait for the job; exit with its exit code")
     submit.add_argument("--follow", "-f", action="store_true", help="stream the output until the job ends")
@@ -182,22 +177,26 @@ def build_parser() -> argparse.ArgumentParser:
                         help="slurm: submit the rendered batch file with plain sbatch instead of submitit")
     submit.set_defaults(run=cmd_submit)
 
-    status = commands.add_parser("status", help="one job's state, or a table of all jobs")
+
+def _status_parser(status: argparse.ArgumentParser) -> None:
     status.add_argument("job_id", nargs="?", metavar="JOB")
     status.add_argument("--json", action="store_true", help="one JSON object per job")
     status.set_defaults(run=cmd_status)
 
-    logs = commands.add_parser("logs", help="print a job's output")
+
+def _logs_parser(logs: argparse.ArgumentParser) -> None:
     logs.add_argument("job_id", metavar="JOB")
     logs.add_argument("--follow", "-f", action="store_true", help="keep printing until the job ends")
     logs.add_argument("--rank", type=int, default=None, help="only this global rank's lines")
     logs.set_defaults(run=cmd_logs)
 
-    cancel = commands.add_parser("cancel", help="cancel a job and wait until it stopped")
+
+def _cancel_parser(cancel: argparse.ArgumentParser) -> None:
     cancel.add_argument("job_id", metavar="JOB")
     cancel.set_defaults(run=cmd_cancel)
 
-    image = commands.add_parser("image", help="render or build the job's container image")
+
+def _image_parser(image: argparse.ArgumentParser) -> None:
     image_commands = image.add_subparsers(dest="image_command", required=True, metavar="ACTION")
     image_render = image_commands.add_parser("render", help="write the Dockerfiles, Apptainer .def and pins")
     _spec_arguments(image_render, backend=False)
@@ -214,15 +213,40 @@ def build_parser() -> argparse.ArgumentParser:
                              help="passed to the builder after 'build', e.g. --builder-arg=--build-arg=X=1")
     image_build.set_defaults(run=cmd_image_build)
 
-    schema = commands.add_parser("schema", help="print the job spec's JSON Schema")
+
+def _schema_parser(schema: argparse.ArgumentParser) -> None:
     schema.set_defaults(run=cmd_schema)
+
+
+COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None]]] = {
+    "render": ("render SPEC for a backend and print the plan", _render_parser),
+    "submit": ("submit SPEC to a backend; prints the job id", _submit_parser),
+    "status": ("one job's state, or a table of all jobs", _status_parser),
+    "logs": ("print a job's output", _logs_parser),
+    "cancel": ("cancel a job and wait until it stopped", _cancel_parser),
+    "image": ("render or build the job's container image", _image_parser),
+    "schema": ("print the job spec's JSON Schema", _schema_parser),
+}
+
+
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The whole CLI, or with ``only`` just that command's parser: argparse spends about a millisecond on each
+    subparser it builds (gettext lookups for its own messages); ``stjobs --help`` still lists them all."""
+    parser = argparse.ArgumentParser(prog="stjobs", description="Render and submit distributed "
+                                     "sentence-transformers training jobs.")
+    parser.add_argument("--version", action="version", version=f"stjobs {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, (summary, build) in COMMANDS.items():
+        if only is None or name == only:
+            build(commands.add_parser(name, help=summary))
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the exit code (the console script passes it to sys.exit)."""
-    parser = build_parser()
-    args = parser.parse_args(argv)  # exits 2 with argparse's own message on bad usage
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(args_list[0] if args_list and args_list[0] in COMMANDS else None)
+    args = parser.parse_args(args_list)  # exits 2 with argparse's own message on bad usage
     try:
         code: int = args.run(args)
     except UsageFailure as error:

@@ -8,7 +8,6 @@ value and the expected form. Each parser also describes itself as JSON Schema fo
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import re
 from collections.abc import Callable, Mapping
 from enum import Enum
@@ -63,20 +62,21 @@ class Number(Parser[float]):
 
 class Text(Parser[str]):
     def __init__(self, expected: str, pattern: str | None = None, max_length: int = 4096) -> None:
-        self.expected, self.max_length = expected, max_length
-        self.pattern = re.compile(pattern) if pattern else None
+        # The source, not a compiled pattern: re compiles (and caches) it when a spec sets the field, so the
+        # spec's patterns are not all compiled at import by every command.
+        self.expected, self.max_length, self.pattern = expected, max_length, pattern
 
     def parse(self, value: Any, field: str) -> str:
         if not isinstance(value, str) or not value or len(value) > self.max_length:
             raise self.fail(field, value)
-        if self.pattern is not None and not self.pattern.fullmatch(value):
+        if self.pattern is not None and not re.fullmatch(self.pattern, value):
             raise self.fail(field, value)
         return value
 
     def schema(self) -> dict[str, Any]:
         out: dict[str, Any] = {"type": "string", "minLength": 1, "maxLength": self.max_length}
         if self.pattern is not None:
-            out["pattern"] = self.pattern.pattern
+            out["pattern"] = self.pattern
         return out
 
 
@@ -209,6 +209,8 @@ def build(block: type[B], data: Any, where: str = "") -> B:
     for key in data:
         if key not in fields:
             known = sorted(fields)
+            import difflib  # imported on the error path only: every render would pay for it
+
             guess = difflib.get_close_matches(str(key), known, n=1)
             hint = f"did you mean '{guess[0]}'? " if guess else ""
             scope = where or "the spec"

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import shlex
-import shutil
-import subprocess
 from pathlib import Path
 
 from stjobs import __version__
@@ -175,6 +173,7 @@ def with_image_files(plan: Plan) -> Plan:
 
 def find_builder(preferred: str | None = None) -> str:
     """The first of docker, podman, buildah on PATH (or the one asked for)."""
+    import shutil  # builds only: renders stay free of process and PATH probing
     for name in ([preferred] if preferred else BUILDERS):
         if shutil.which(name):
             return name
@@ -192,6 +191,8 @@ def build_image(spec: JobSpec, context: str | Path = ".", builder: str | None = 
     missing = [f for f in (f"{FILES_DIR}/{dockerfile_name(variant_of(spec))}",) if not (Path(context) / f).is_file()]
     if missing:
         raise SubmitError(f"image build: {missing[0]} is missing in {context}; run stjobs image render first")
+    import subprocess
+
     done = subprocess.run(argv, cwd=context)
     if done.returncode != 0:
         raise SubmitError(f"image build: {tool} exited with {done.returncode} ({shlex.join(argv)})")

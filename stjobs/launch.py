@@ -12,8 +12,6 @@ import shlex
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-import yaml
-
 from stjobs.errors import SpecError
 from stjobs.spec import Fabric, JobSpec, Launcher, Strategy
 
@@ -217,4 +215,6 @@ def accelerate_config(spec: JobSpec) -> str:
             "fsdp_sync_module_states": on_gpu,
             "fsdp_use_orig_params": True,
         }
+    import yaml  # accelerate jobs only: the import is a sixth of a render's whole-process time
+
     return yaml.safe_dump(config, sort_keys=True, default_flow_style=False)
