@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_render import REPO, bench_options, measure, workspace
+from bench_render import REPO, bench_options, measure, stjobs_command, workspace
 
 SPEC = """\
 name: bench
@@ -34,7 +34,7 @@ SCHEMAS = REPO.parent / "shared" / "k8s-schemas"
 
 
 def whole_process(work: Path, torchx: str | None, rounds: int) -> dict[str, float]:
-    stjobs = [sys.executable, "-m", "stjobs", "render", str(work / "spec.yaml"), "-b", "k8s", "--force"]
+    stjobs = [*stjobs_command(), "render", str(work / "spec.yaml"), "-b", "k8s", "--force"]
     cases = {"python -c pass": [sys.executable, "-c", "pass"],
              "stjobs render -b k8s": [*stjobs, "-o", str(work / "out")]}
     if SCHEMAS.is_dir():
