@@ -23,6 +23,10 @@ STRATEGY_ENV = "STJOBS_STRATEGY"
 LOSSES = (
     "MultipleNegativesRankingLoss",
     "CachedMultipleNegativesRankingLoss",
+    "MultipleNegativesSymmetricRankingLoss",
+    "CachedMultipleNegativesSymmetricRankingLoss",
+    "GISTEmbedLoss",
+    "CachedGISTEmbedLoss",
     "CoSENTLoss",
     "CosineSimilarityLoss",
 )
@@ -30,9 +34,16 @@ LOSS_ALIASES = {
     "mnrl": "MultipleNegativesRankingLoss",
     "cmnrl": "CachedMultipleNegativesRankingLoss",
     "cached-mnrl": "CachedMultipleNegativesRankingLoss",
+    "mnsrl": "MultipleNegativesSymmetricRankingLoss",
+    "cmnsrl": "CachedMultipleNegativesSymmetricRankingLoss",
+    "gist": "GISTEmbedLoss",
+    "cached-gist": "CachedGISTEmbedLoss",
     "cosent": "CoSENTLoss",
     "cosine": "CosineSimilarityLoss",
 }
+GUIDED_LOSSES = frozenset({"GISTEmbedLoss", "CachedGISTEmbedLoss"})
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+DEFAULT_PER_DEVICE_BATCH_SIZE = 16
 
 DEFAULT_LOGGING_STEPS = 10
 
@@ -52,7 +63,9 @@ class TrainConfig:
     output_dir: Path
     eval_data: str | None = None
     loss: str | None = None  # None: the default loss for the data kind (see stjobs.train.data)
-    per_device_batch_size: int = 16
+    # At most one of the two is given; the run resolves the other from the world size (see batch_sizes).
+    per_device_batch_size: int | None = None
+    global_batch_size: int | None = None
     max_steps: int | None = None  # exactly one of max_steps / epochs is set after parsing
     epochs: float | None = None
     learning_rate: float | None = None  # None: 5e-5, or TINY_LEARNING_RATE for a tiny-bert (see models.py)
@@ -66,8 +79,24 @@ class TrainConfig:
     resume: bool = True
     evaluator: bool = True
     gather_across_devices: bool = True  # only has an effect with more than one process
-    dataloader_workers: int = 0
+    dataloader_workers: int | None = None  # None: 2 per process on GPUs, 0 on CPUs (every core runs a rank)
+    group_by_length: bool = True
+    precision: str = "auto"  # auto: bf16 on GPUs that support it, else fp32
+    find_unused_parameters: bool = False
+    fsdp_layer_class: str | None = None  # None: from the model's config.json (see models.fsdp_layer_class)
+    guide_model: str | None = None  # the guide of GISTEmbedLoss / CachedGISTEmbedLoss
     strategy: str = "ddp"
+
+    def batch_sizes(self, world: int) -> tuple[int, int]:
+        """(per device, global) for ``world`` processes; a global size must split evenly."""
+        if self.global_batch_size is not None:
+            if self.global_batch_size % world:
+                raise TrainConfigError(
+                    f"--global-batch-size: got {self.global_batch_size} for {world} processes; expected a multiple "
+                    f"of {world} (each process takes an equal share)")
+            return self.global_batch_size // world, self.global_batch_size
+        per_device = self.per_device_batch_size or DEFAULT_PER_DEVICE_BATCH_SIZE
+        return per_device, per_device * world
 
     @property
     def checkpoint_dir(self) -> Path:
@@ -128,7 +157,11 @@ def build_parser() -> argparse.ArgumentParser:
     default_output = os.environ.get("STJOBS_OUTPUT_DIR")
     p.add_argument("--output-dir", required=default_output is None, default=default_output, type=Path)
     p.add_argument("--loss", type=loss_name, default=None, help=f"one of {', '.join(LOSSES)}")
-    p.add_argument("--per-device-batch-size", type=positive_int, default=16)
+    batch = p.add_mutually_exclusive_group()
+    batch.add_argument("--per-device-batch-size", type=positive_int, default=None,
+                       help=f"rows per process and step (default {DEFAULT_PER_DEVICE_BATCH_SIZE})")
+    batch.add_argument("--global-batch-size", type=positive_int, default=None,
+                       help="rows per step over all processes, split evenly between them")
     length = p.add_mutually_exclusive_group()
     length.add_argument("--max-steps", type=positive_int, default=None)
     length.add_argument("--epochs", type=positive_float, default=None, help="default 1 when --max-steps is unset")
@@ -145,7 +178,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-evaluator", dest="evaluator", action="store_false")
     p.add_argument("--gather-across-devices", action=argparse.BooleanOptionalAction, default=True,
                    help="in-batch negatives from all processes (MultipleNegativesRankingLoss family)")
-    p.add_argument("--dataloader-workers", type=non_negative_int, default=0)
+    p.add_argument("--dataloader-workers", type=non_negative_int, default=None,
+                   help="data loading processes per training process (default: 2 on GPUs, 0 on CPUs)")
+    p.add_argument("--group-by-length", action=argparse.BooleanOptionalAction, default=True,
+                   help="batch texts of similar length together (less padding)")
+    p.add_argument("--precision", choices=PRECISIONS, default="auto",
+                   help="auto: bf16 on GPUs that support it, fp32 otherwise")
+    p.add_argument("--find-unused-parameters", action="store_true",
+                   help="DDP: for models with parameters that get no gradient in a step (slower)")
+    p.add_argument("--fsdp-layer-class", default=None,
+                   help="FSDP: the layer class to wrap (default: from the model's config, e.g. BertLayer)")
+    p.add_argument("--guide-model", default=None, help="GISTEmbedLoss / CachedGISTEmbedLoss: the guide model")
     return p
 
 
@@ -157,6 +200,11 @@ def validate(config: TrainConfig) -> None:
         raise TrainConfigError(
             f"--eval-steps: got {config.eval_steps}; expected it only together with --eval-data (and no --no-evaluator)"
         )
+    if config.loss in GUIDED_LOSSES and config.guide_model is None:
+        raise TrainConfigError(f"--loss: got {config.loss} without --guide-model; expected a guide model for it")
+    if config.guide_model is not None and config.loss not in GUIDED_LOSSES:
+        raise TrainConfigError(f"--guide-model: got {config.guide_model!r} with loss {config.loss or 'default'}; "
+                               f"expected it only with {' or '.join(sorted(GUIDED_LOSSES))}")
     if config.strategy == "fsdp" and config.use_evaluator:
         # The evaluator runs on one process, while FSDP needs every rank in every forward: it would hang or crash.
         raise TrainConfigError(

@@ -37,6 +37,10 @@ TEXT_COLUMNS = frozenset({"anchor", "positive", "negative", "sentence1", "senten
 LOSS_KINDS: dict[str, frozenset[DataKind]] = {
     "MultipleNegativesRankingLoss": frozenset({"pairs", "triplets"}),
     "CachedMultipleNegativesRankingLoss": frozenset({"pairs", "triplets"}),
+    "MultipleNegativesSymmetricRankingLoss": frozenset({"pairs", "triplets"}),
+    "CachedMultipleNegativesSymmetricRankingLoss": frozenset({"pairs", "triplets"}),
+    "GISTEmbedLoss": frozenset({"pairs", "triplets"}),
+    "CachedGISTEmbedLoss": frozenset({"pairs", "triplets"}),
     "CoSENTLoss": frozenset({"scored"}),
     "CosineSimilarityLoss": frozenset({"scored"}),
 }
@@ -45,7 +49,12 @@ DEFAULT_LOSS: dict[DataKind, str] = {
     "triplets": "MultipleNegativesRankingLoss",
     "scored": "CoSENTLoss",
 }
-IN_BATCH_NEGATIVE_LOSSES = frozenset({"MultipleNegativesRankingLoss", "CachedMultipleNegativesRankingLoss"})
+# Losses whose negatives are the other rows of the batch: under data parallelism they gather every process's
+# embeddings by default (gather_across_devices), so 2 processes x B/2 rows see the negatives of 1 x B.
+IN_BATCH_NEGATIVE_LOSSES = frozenset({
+    "MultipleNegativesRankingLoss", "CachedMultipleNegativesRankingLoss", "MultipleNegativesSymmetricRankingLoss",
+    "CachedMultipleNegativesSymmetricRankingLoss", "GISTEmbedLoss", "CachedGISTEmbedLoss",
+})
 CACHED_MINI_BATCH_SIZE = 8
 FILE_BUILDERS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
 EVAL_SPLITS = ("validation", "dev", "eval", "test")
@@ -150,17 +159,34 @@ def _float32() -> Any:
     return datasets.Value("float32")
 
 
-def build_loss(name: str, model: SentenceTransformer, world_size: int, gather: bool, batch_size: int) -> nn.Module:
+def build_loss(name: str, model: SentenceTransformer, world_size: int, gather: bool, batch_size: int,
+               guide: SentenceTransformer | None = None) -> nn.Module:
     """The loss module; in-batch-negative losses see all processes' batches when ``gather`` and world_size > 1."""
     from sentence_transformers.sentence_transformer import losses
 
     gather_across = gather and world_size > 1
+    mini_batch_size = min(CACHED_MINI_BATCH_SIZE, batch_size)
     if name == "MultipleNegativesRankingLoss":
         return losses.MultipleNegativesRankingLoss(model, gather_across_devices=gather_across)
     if name == "CachedMultipleNegativesRankingLoss":
         return losses.CachedMultipleNegativesRankingLoss(
-            model, mini_batch_size=min(CACHED_MINI_BATCH_SIZE, batch_size), gather_across_devices=gather_across
+            model, mini_batch_size=mini_batch_size, gather_across_devices=gather_across
         )
+    # The symmetric classes are deprecated in sentence-transformers 6: the same loss is MNRL in both directions.
+    symmetric: dict[str, Any] = {"directions": ("query_to_doc", "doc_to_query"), "partition_mode": "per_direction"}
+    if name == "MultipleNegativesSymmetricRankingLoss":
+        return losses.MultipleNegativesRankingLoss(model, gather_across_devices=gather_across, **symmetric)
+    if name == "CachedMultipleNegativesSymmetricRankingLoss":
+        return losses.CachedMultipleNegativesRankingLoss(
+            model, mini_batch_size=mini_batch_size, gather_across_devices=gather_across, **symmetric
+        )
+    if name in ("GISTEmbedLoss", "CachedGISTEmbedLoss"):
+        if guide is None:
+            raise TrainConfigError(f"--loss: got {name} without --guide-model; expected a guide model for it")
+        if name == "GISTEmbedLoss":
+            return losses.GISTEmbedLoss(model, guide, gather_across_devices=gather_across)
+        return losses.CachedGISTEmbedLoss(model, guide, mini_batch_size=mini_batch_size,
+                                          gather_across_devices=gather_across)
     if name == "CoSENTLoss":
         return losses.CoSENTLoss(model)
     if name == "CosineSimilarityLoss":

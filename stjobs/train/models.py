@@ -206,16 +206,49 @@ def load_model(path: str, max_seq_length: int | None) -> SentenceTransformer:
     return model
 
 
-def layer_class_name(model: Any) -> str | None:
-    """The repeated block class (e.g. ``BertLayer``) that FSDP should wrap one unit at a time."""
-    from torch import nn
+# The repeated block FSDP wraps as one unit, by the model_type in a Hugging Face config.json.
+FSDP_LAYER_CLASSES = {
+    "bert": "BertLayer", "mpnet": "MPNetLayer", "xlm-roberta": "XLMRobertaLayer", "roberta": "RobertaLayer",
+    "camembert": "CamembertLayer", "distilbert": "TransformerBlock", "electra": "ElectraLayer",
+    "deberta-v2": "DebertaV2Layer", "albert": "AlbertLayer", "modernbert": "ModernBertEncoderLayer",
+    "t5": "T5Block", "mt5": "T5Block", "qwen2": "Qwen2DecoderLayer", "qwen3": "Qwen3DecoderLayer",
+    "llama": "LlamaDecoderLayer", "mistral": "MistralDecoderLayer", "gemma": "GemmaDecoderLayer",
+    "gemma2": "Gemma2DecoderLayer", "gemma3_text": "Gemma3DecoderLayer",
+}
 
-    for module in model.modules():
-        if isinstance(module, nn.ModuleList) and len(module) > 0:
-            names = {type(child).__name__ for child in module}
-            if len(names) == 1:
-                return names.pop()
+
+def model_type(path: str) -> str | None:
+    """The ``model_type`` of the transformer inside a SentenceTransformer directory, from its config.json alone."""
+    root = Path(path)
+    candidates = [root / "config.json"]
+    modules = root / "modules.json"
+    if modules.is_file():
+        for module in json.loads(modules.read_text(encoding="utf-8")):
+            candidates.append(root / module.get("path", "") / "config.json")
+    for config in candidates:
+        if config.is_file():
+            found = json.loads(config.read_text(encoding="utf-8")).get("model_type")
+            if isinstance(found, str):
+                return found
     return None
+
+
+def fsdp_layer_class(path: str, model: Any, override: str | None) -> str:
+    """The layer class FSDP wraps one unit at a time: ``override``, else by the model's config (no weights read).
+
+    Checked against the loaded model, so a wrong name fails here and not as an FSDP run that wraps nothing.
+    """
+    kind = model_type(path)
+    name = override or FSDP_LAYER_CLASSES.get(kind or "")
+    present = {type(module).__name__ for module in model.modules()}
+    if name is None:
+        raise TrainConfigError(f"--fsdp-layer-class: not given, and model type {kind!r} of {path} is not in our "
+                               f"table; expected the name of the model's repeated layer class, e.g. BertLayer")
+    if name not in present:
+        option = "--fsdp-layer-class" if override else f"model type {kind!r}"
+        raise TrainConfigError(f"{option}: layer class {name!r} is not in the model; expected one of "
+                               f"{', '.join(sorted(n for n in present if n.endswith(('Layer', 'Block'))))}")
+    return name
 
 
 def main(argv: Sequence[str] | None = None) -> int:

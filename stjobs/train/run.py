@@ -115,6 +115,8 @@ def train(config: TrainConfig) -> int:
     state = PartialState(cpu=cpu)
     rank, world, local_rank = state.process_index, state.num_processes, state.local_process_index
     _quiet_libraries(rank == 0)
+    per_device, global_batch = config.batch_sizes(world)
+    config = dataclasses.replace(config, per_device_batch_size=per_device, global_batch_size=global_batch)
 
     source = models.resolve_model_path(config.model)  # cheap, so a wrong --model fails before the data loads
     with state.main_process_first():
@@ -145,34 +147,57 @@ def train(config: TrainConfig) -> int:
     events.emit("start", rank=rank, world_size=world, local_rank=local_rank, strategy=config.strategy,
                 backend=dist.get_backend() if dist.is_initialized() else None, model=config.model,
                 train_rows=len(train_table), kind=kind, loss=loss_name, learning_rate=config.learning_rate,
+                per_device_batch_size=per_device, global_batch_size=global_batch,
+                gather_across_devices=config.gather_across_devices and world > 1
+                and loss_name in data.IN_BATCH_NEGATIVE_LOSSES,
                 # Which node this rank ran on: SLURM's node name (several nodes may share one host in tests).
                 node=os.environ.get("SLURMD_NODENAME") or socket.gethostname())
 
-    loss = data.build_loss(loss_name, model, world, config.gather_across_devices, config.per_device_batch_size)
+    guide = models.load_model(config.guide_model, config.max_seq_length) if config.guide_model else None
+    loss = data.build_loss(loss_name, model, world, config.gather_across_devices, per_device, guide)
     evaluator = (data.build_evaluator(eval_table, eval_kind, EVAL_BATCH_SIZE)
                  if eval_table is not None and eval_kind is not None else None)
     return _fit(config, source, model, train_table, loss, loss_name, evaluator, preemption, rank, world)
 
 
-def _training_args(config: TrainConfig, model: Any, world: int, in_batch_negatives: bool, evaluate: bool) -> Any:
+def _training_args(config: TrainConfig, source: str, model: Any, world: int, in_batch_negatives: bool,
+                   evaluate: bool) -> Any:
     import torch
     from sentence_transformers import SentenceTransformerTrainingArguments
     from sentence_transformers.base.sampler import BatchSamplers
 
-    from stjobs.train.models import layer_class_name
+    from stjobs.train.models import fsdp_layer_class
+    from stjobs.train.sampler import LengthGroupedBatchSampler
 
-    fsdp: dict[str, Any] = {}
+    on_gpu = torch.cuda.is_available()
+    parallel: dict[str, Any] = {}
     if config.strategy == "fsdp":
-        layer = layer_class_name(model)
         # Full sharding, one FSDP unit per transformer layer: fsdp=["full_shard", "auto_wrap"] in the older
         # spelling, which transformers 5 still accepts but deprecates.
-        fsdp_config: dict[str, Any] = {"reshard_after_forward": True}
-        if layer:
-            fsdp_config["transformer_layer_cls_to_wrap"] = [layer]
-        fsdp = {"fsdp": True, "fsdp_config": fsdp_config}
+        layer = fsdp_layer_class(source, model, config.fsdp_layer_class)
+        parallel = {"fsdp": True, "fsdp_config": {"reshard_after_forward": True,
+                                                  "transformer_layer_cls_to_wrap": [layer]}}
+    elif world > 1:
+        # DDP looks for parameters without a gradient after every backward unless told there are none: an extra
+        # pass over the graph per step. Models that need it say so with --find-unused-parameters.
+        parallel = {"ddp_find_unused_parameters": config.find_unused_parameters}
+    precision = config.precision
+    if precision == "auto":
+        precision = "bf16" if on_gpu and torch.cuda.is_bf16_supported() else "fp32"
+    if precision != "fp32" and not on_gpu:
+        raise TrainConfigError(f"--precision: got {precision} without a GPU; expected fp32 or auto on CPUs")
+    workers = config.dataloader_workers if config.dataloader_workers is not None else (2 if on_gpu else 0)
+    if config.group_by_length:
+        LengthGroupedBatchSampler.unique_texts = in_batch_negatives
+        sampler: Any = LengthGroupedBatchSampler
+    else:
+        # In-batch negatives: a duplicate text in a batch would be scored as a negative of itself.
+        sampler = BatchSamplers.NO_DUPLICATES if in_batch_negatives else BatchSamplers.BATCH_SAMPLER
     return SentenceTransformerTrainingArguments(
         output_dir=str(config.checkpoint_dir),
-        per_device_train_batch_size=config.per_device_batch_size,
+        per_device_train_batch_size=config.batch_sizes(world)[0],
+        bf16=precision == "bf16",
+        fp16=precision == "fp16",
         per_device_eval_batch_size=EVAL_BATCH_SIZE,
         max_steps=config.max_steps if config.max_steps is not None else -1,
         num_train_epochs=config.epochs if config.epochs is not None else 1.0,
@@ -191,11 +216,10 @@ def _training_args(config: TrainConfig, model: Any, world: int, in_batch_negativ
         eval_on_start=evaluate,
         dataloader_drop_last=world > 1,  # an uneven last batch would leave one rank waiting in all-reduce
         seed=config.seed,
-        dataloader_num_workers=config.dataloader_workers,
-        dataloader_persistent_workers=config.dataloader_workers > 0,
-        dataloader_pin_memory=torch.cuda.is_available(),  # pinning only helps copies to a GPU
-        # In-batch negatives: a duplicate text in a batch would be scored as a negative of itself.
-        batch_sampler=BatchSamplers.NO_DUPLICATES if in_batch_negatives else BatchSamplers.BATCH_SAMPLER,
+        dataloader_num_workers=workers,
+        dataloader_persistent_workers=workers > 0,
+        dataloader_pin_memory=on_gpu,  # pinning only helps copies to a GPU
+        batch_sampler=sampler,
         report_to="none",
         disable_tqdm=True,
         log_level="warning",
@@ -203,7 +227,7 @@ def _training_args(config: TrainConfig, model: Any, world: int, in_batch_negativ
         use_cpu=not torch.cuda.is_available(),  # see PartialState(cpu=...) in train()
         # The spec's nccl.timeout_s: a hung collective fails the job instead of holding the allocation.
         ddp_timeout=int(os.environ.get("STJOBS_PG_TIMEOUT_S", "1800")),
-        **fsdp,
+        **parallel,
     )
 
 
@@ -218,7 +242,7 @@ def _fit(config: TrainConfig, source: str, model: Any, train_table: Any, loss: A
     from stjobs.train.data import IN_BATCH_NEGATIVE_LOSSES
     from stjobs.train.models import load_model
 
-    args = _training_args(config, model, world, loss_name in IN_BATCH_NEGATIVE_LOSSES, evaluator is not None)
+    args = _training_args(config, source, model, world, loss_name in IN_BATCH_NEGATIVE_LOSSES, evaluator is not None)
 
     class Trainer(SentenceTransformerTrainer):
         def _save(self, output_dir: str | None = None, state_dict: Any = None) -> None:
@@ -310,7 +334,7 @@ def _fit(config: TrainConfig, source: str, model: Any, train_table: Any, loss: A
                     signal=signal.Signals(preemption.signum).name if preemption.signum else None)
         return 0
 
-    global_batch = config.per_device_batch_size * world * args.gradient_accumulation_steps
+    global_batch = (config.global_batch_size or 0) * args.gradient_accumulation_steps
     steps = trainer.state.global_step - callback.first_step if callback.first_step_at is not None else 0
     runtime = (callback.ended_at or time.monotonic()) - (callback.first_step_at or time.monotonic())
     throughput = steps * global_batch / runtime if steps and runtime > 0 else 0.0

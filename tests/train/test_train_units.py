@@ -28,10 +28,19 @@ BASE = ["--model", "m", "--train-data", "d.jsonl", "--output-dir", "/tmp/out"]
 
 # --- options -------------------------------------------------------------------------------------------------------
 
+def test_global_batch_size_is_split_evenly() -> None:
+    config = parse_config([*BASE, "--global-batch-size", "64"], environ={})
+    assert config.batch_sizes(4) == (16, 64) and config.batch_sizes(1) == (64, 64)
+    with pytest.raises(TrainConfigError, match=r"--global-batch-size: got 64 for 3 processes; expected a multiple"):
+        config.batch_sizes(3)
+    assert parse_config([*BASE, "--per-device-batch-size", "8"], environ={}).batch_sizes(2) == (8, 16)
+
+
 def test_parse_config_defaults_and_frozen() -> None:
     config = parse_config(BASE, environ={})
     assert config.strategy == "ddp" and config.epochs == 1.0 and config.max_steps is None
-    assert config.per_device_batch_size == 16 and config.resume and config.gather_across_devices
+    assert config.batch_sizes(1) == (16, 16) and config.batch_sizes(4) == (16, 64)
+    assert config.resume and config.gather_across_devices and config.group_by_length
     assert config.learning_rate is None  # resolved per model at run time (5e-5, tiny-bert 1e-3)
     assert config.final_dir == Path("/tmp/out/final") and config.checkpoint_dir == Path("/tmp/out/checkpoints")
     with pytest.raises(dataclasses.FrozenInstanceError):
@@ -58,6 +67,11 @@ def test_parse_config_all_options() -> None:
         (["--warmup-ratio", "1.5"], {}, ["--warmup-ratio", "'1.5'", "[0, 1)"]),
         (["--learning-rate", "-1"], {}, ["--learning-rate", "'-1'", "positive number"]),
         (["--loss", "FancyLoss"], {}, ["--loss", "'FancyLoss'", "MultipleNegativesRankingLoss"]),
+        (["--per-device-batch-size", "8", "--global-batch-size", "16"], {},
+         ["--global-batch-size", "not allowed with argument --per-device-batch-size"]),
+        (["--precision", "int8"], {}, ["--precision", "'int8'", "bf16"]),
+        (["--loss", "gist"], {}, ["--loss", "GISTEmbedLoss", "--guide-model"]),
+        (["--guide-model", "g"], {}, ["--guide-model", "'g'", "GISTEmbedLoss"]),
         (["--max-steps", "5", "--epochs", "1"], {}, ["--epochs", "--max-steps"]),
         (["--eval-steps", "5"], {}, ["--eval-steps", "5", "--eval-data"]),
         (["--eval-data", "e.jsonl"], {"STJOBS_STRATEGY": "fsdp"}, ["--eval-data", "fsdp", "--no-evaluator"]),

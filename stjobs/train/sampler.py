@@ -1,0 +1,104 @@
+"""Length-grouped batches: texts of similar length share a batch, so little of each batch is padding.
+
+A transformer pays for the longest text of a batch on every row; with randomly mixed lengths most of that work is
+padding. The sampler shuffles the data, cuts it into windows of ``WINDOW_BATCHES`` batches, sorts each window by
+text length and cuts it into batches, then shuffles the batch order: batches stay random across an epoch while each
+holds texts of one length range.
+
+Under data parallelism, accelerate hands out consecutive batches to the ranks of one step (batch ``i`` to rank
+``i % world``). Steps, not batches, are shuffled, so the ranks of one step get neighbouring lengths: a rank with
+short texts would otherwise wait at the gradient all-reduce for one with long texts.
+
+For in-batch-negative losses a batch never holds the same text twice (it would be its own negative): a row whose
+text is already in the batch being filled moves to the next one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+from sentence_transformers.base.sampler import DefaultBatchSampler
+
+from stjobs.train.data import TEXT_COLUMNS
+
+WINDOW_BATCHES = 64
+
+
+def text_lengths(dataset: Any) -> list[int]:
+    """Characters per row over its text columns: a tokenizer-free stand-in for tokens, good enough to sort by."""
+    columns = [name for name in dataset.column_names if name in TEXT_COLUMNS]
+    totals = [0] * len(dataset)
+    for name in columns:
+        for index, text in enumerate(dataset[name]):
+            totals[index] += len(text)
+    return totals
+
+
+def _world_size() -> int:
+    import torch.distributed as dist
+
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+class LengthGroupedBatchSampler(DefaultBatchSampler):
+    """Batches of similar text length, in random order; see the module docstring."""
+
+    # Set by the training run (``functools.partial`` would hide the class from the Trainer's isinstance check).
+    unique_texts = False
+
+    def __init__(self, dataset: Any, batch_size: int, drop_last: bool, valid_label_columns: list[str] | None = None,
+                 generator: torch.Generator | None = None, seed: int = 0) -> None:
+        super().__init__(dataset, batch_size=batch_size, drop_last=drop_last,
+                         valid_label_columns=valid_label_columns, generator=generator, seed=seed)
+        self.dataset = dataset
+        self.lengths = text_lengths(dataset)
+        self.world = _world_size()
+        self._texts: list[tuple[str, ...]] | None = None
+        if self.unique_texts:
+            columns = [dataset[name] for name in dataset.column_names if name in TEXT_COLUMNS]
+            self._texts = list(zip(*columns, strict=True)) if columns else None
+
+    def __len__(self) -> int:
+        full, rest = divmod(len(self.lengths), self.batch_size)
+        return full if self.drop_last or not rest else full + 1
+
+    def _batches(self, order: list[int]) -> list[list[int]]:
+        out: list[list[int]] = []
+        window = self.batch_size * WINDOW_BATCHES
+        for start in range(0, len(order), window):
+            chunk = sorted(order[start:start + window], key=lambda i: self.lengths[i], reverse=True)
+            out.extend(self._fill(chunk))
+        return out
+
+    def _fill(self, chunk: list[int]) -> list[list[int]]:
+        if self._texts is None:
+            return [chunk[i:i + self.batch_size] for i in range(0, len(chunk), self.batch_size)]
+        batches: list[list[int]] = []
+        waiting = chunk
+        while waiting:
+            batch: list[int] = []
+            seen: set[str] = set()
+            later: list[int] = []
+            for index in waiting:
+                texts = self._texts[index]
+                if len(batch) < self.batch_size and seen.isdisjoint(texts):
+                    batch.append(index)
+                    seen.update(texts)
+                else:
+                    later.append(index)
+            batches.append(batch)
+            waiting = later
+        return batches
+
+    def __iter__(self) -> Iterator[list[int]]:
+        generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        order = torch.randperm(len(self.lengths), generator=generator).tolist()
+        batches = self._batches(order)
+        if self.drop_last:
+            batches = [batch for batch in batches if len(batch) == self.batch_size]
+        # Shuffle whole steps (``world`` consecutive batches), keeping each step's batches of neighbouring lengths.
+        steps = [batches[i:i + self.world] for i in range(0, len(batches), self.world)]
+        for position in torch.randperm(len(steps), generator=generator).tolist():
+            yield from steps[position]
