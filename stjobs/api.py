@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from stjobs.backends import backend_module
 from stjobs.errors import StjobsError, UsageError
 from stjobs.plan import write_plan
+from stjobs.spec import Strategy
+from stjobs.train.args import DEFAULT_PER_DEVICE_BATCH_SIZE
 
 if TYPE_CHECKING:
     from stjobs.jobs import JobRecord, JobStatus
@@ -25,10 +28,35 @@ def render(spec: JobSpec, backend: str = "local", k8s_schemas: str | Path | None
     if backend == "k8s":
         from stjobs.backends import k8s
 
-        return k8s.render(spec, schemas_dir=Path(k8s_schemas) if k8s_schemas else None)
-    if k8s_schemas is not None:
+        plan = k8s.render(spec, schemas_dir=Path(k8s_schemas) if k8s_schemas else None)
+    elif k8s_schemas is not None:
         raise UsageError(f"k8s_schemas: only the k8s backend uses CRD schemas, not {backend}")
-    return backend_module(backend).render(spec)
+    else:
+        plan = backend_module(backend).render(spec)
+    note = batch_note(spec)
+    return replace(plan, notes=(*plan.notes, note)) if note else plan
+
+
+def batch_note(spec: JobSpec) -> str | None:
+    """For the built-in training: the batch per process and per step, stated once where the user reads the plan."""
+    if spec.entrypoint.module != "stjobs.train":
+        return None
+    args = list(spec.entrypoint.args)
+    value = {flag: args[args.index(flag) + 1] for flag in ("--per-device-batch-size", "--global-batch-size")
+             if flag in args[:-1]}
+    world = spec.world_size if spec.strategy is not Strategy.dp else 1
+    try:
+        if "--global-batch-size" in value:
+            total = int(value["--global-batch-size"])
+            per = total // world
+        else:
+            per = int(value.get("--per-device-batch-size", DEFAULT_PER_DEVICE_BATCH_SIZE))
+            total = per * world
+    except ValueError:
+        return None  # the training run reports the bad value itself
+    gather = f"; losses with in-batch negatives see all {total} rows" if world > 1 and \
+        "--no-gather-across-devices" not in args else ""
+    return f"batch: {per} per process x {world} process(es) = {total} per step{gather}"
 
 
 def render_job(spec: JobSpec, backend: str = "local", k8s_schemas: str | Path | None = None) -> Plan:

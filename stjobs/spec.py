@@ -275,6 +275,12 @@ class JobSpec:
             raise SpecError("launcher", "accelerate", "torchrun with strategy dp (accelerate has no DataParallel)")
         if cpus < procs:
             raise SpecError("cpus_per_task", cpus, f"at least procs_per_node ({procs}): one CPU per process")
+        entry: Entrypoint = values["entrypoint"]
+        if strategy is Strategy.fsdp and entry.module == "stjobs.train" and "--eval-data" in entry.args \
+                and "--no-evaluator" not in entry.args:
+            # sentence-transformers runs its evaluator on one rank, while every FSDP forward needs all ranks.
+            raise SpecError("entrypoint.args", "--eval-data", "no evaluator with strategy fsdp (drop --eval-data "
+                            "or add --no-evaluator), or strategy ddp")
         slurm: SlurmOptions = values["slurm"]
         if slurm.container is not Container.none and values["image"] is None:
             raise SpecError("image", None, f"a container image when slurm.container is {slurm.container.value}")

@@ -207,3 +207,16 @@ def test_multi_node_script_refuses_missing_rendezvous(tmp_path: Path) -> None:
                           capture_output=True, text=True, cwd=tmp_path)
     assert done.returncode == 64
     assert "STJOBS_RDZV_HOST is not set" in done.stderr
+
+
+def test_plan_states_the_batch_per_process_and_per_step() -> None:
+    def note(**changes: object) -> list[str]:
+        spec = stjobs.load_spec(EXAMPLES / "gpu-2x8.yaml", overrides=list(changes.items()))
+        return [n for n in stjobs.render(spec, "slurm").notes if n.startswith("batch:")]
+
+    assert note() == ["batch: 64 per process x 16 process(es) = 1024 per step; losses with in-batch negatives "
+                      "see all 1024 rows"]
+    assert note(**{"entrypoint.args": ["--model", "m", "--train-data", "t", "--global-batch-size", "512"]}) == [
+        "batch: 32 per process x 16 process(es) = 512 per step; losses with in-batch negatives see all 512 rows"]
+    single = stjobs.load_spec(EXAMPLES / "tiny-ddp.yaml", overrides=[("procs_per_node", 1), ("strategy", "single")])
+    assert [n for n in stjobs.render(single, "local").notes if n.startswith("batch:")][0].endswith("per step")

@@ -35,6 +35,9 @@ BAD: list[tuple[str, dict[str, Any], str, str]] = [
     ("strategy-unknown", {"strategy": "zero3"}, "strategy", "one of ddp, dp, fsdp, single"),
     ("launcher-unknown", {"launcher": "mpirun"}, "launcher", "one of torchrun, accelerate"),
     ("dp-multi-node", {"strategy": "dp", "nodes": 2}, "nodes", "DataParallel is single-node"),
+    ("fsdp-with-evaluator", {"strategy": "fsdp", "entrypoint": {"module": "stjobs.train", "args": [
+        "--model", "m", "--train-data", "t.jsonl", "--eval-data", "e.jsonl"]}}, "entrypoint.args",
+     "no evaluator with strategy fsdp"),
     ("dp-many-procs", {"strategy": "dp", "procs_per_node": 2}, "procs_per_node", "one process drives"),
     ("single-many-procs", {"strategy": "single", "procs_per_node": 2}, "strategy", "procs_per_node: 1"),
     ("gpus-procs-mismatch", {"gpus_per_node": 4, "procs_per_node": 2}, "procs_per_node", "one process per GPU"),
