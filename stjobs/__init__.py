@@ -22,8 +22,11 @@ _EXPORTS = {
     "LaunchPlan": "stjobs.launch", "build_launch": "stjobs.launch",
     "Plan": "stjobs.plan", "RenderedFile": "stjobs.plan", "write_plan": "stjobs.plan",
     "JobSpec": "stjobs.spec", "Launcher": "stjobs.spec", "Strategy": "stjobs.spec",
+    "BenchOptions": "stjobs.bench", "BenchReport": "stjobs.bench", "run_bench": "stjobs.bench",
+    "strategy_warning": "stjobs.api",
 }
 __all__ = [
+    "BenchOptions", "BenchReport", "run_bench", "strategy_warning",
     "JobRecord", "JobSpec", "JobStatus", "LaunchPlan", "Launcher", "Plan", "RenderError", "RenderedFile",
     "SpecError", "State", "StjobsError", "Strategy", "SubmitError", "UsageError", "build_launch", "cancel",
     "job_status", "load_spec", "logs", "render", "render_image", "render_job", "render_to",
@@ -54,9 +57,11 @@ if TYPE_CHECKING:
         render_job,
         render_to,
         status,
+        strategy_warning,
         submit,
         wait,
     )
+    from stjobs.bench import BenchOptions, BenchReport, run_bench
     from stjobs.config import load_spec, validate_spec
     from stjobs.errors import RenderError, SpecError, StjobsError, SubmitError, UsageError
     from stjobs.jobs import JobRecord, JobStatus, State

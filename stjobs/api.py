@@ -103,6 +103,24 @@ def logs(job_id: str, follow: bool = False, rank: int | None = None) -> Iterator
     return backend_module(record.backend).logs(record, follow=follow, rank=rank)
 
 
+def strategy_warning(job_id: str) -> str | None:
+    """A warning when the built-in training ran another strategy than the spec asked for, else None.
+
+    accelerate and the Trainer fall back without a word: FSDP on CPUs runs as DDP, DataParallel on fewer than two
+    GPUs as one plain process. The training reports what it wrapped (its ``wrapped`` event); this reads it back.
+    """
+    from stjobs.train.events import first, parse_events
+
+    try:
+        wrapped = first(parse_events("".join(logs(job_id))), "wrapped", rank=0)
+    except StjobsError:
+        return None  # no logs (yet): nothing to compare
+    if wrapped is None or wrapped.get("as_requested", True):
+        return None
+    return (f"{job_id}: strategy {wrapped.get('requested')} was requested but the training ran as "
+            f"{wrapped.get('ran')} ({wrapped.get('distributed_type')} with {wrapped.get('model_wrapper')})")
+
+
 def cancel(job_id: str) -> JobStatus:
     from stjobs.jobs import load_record
 

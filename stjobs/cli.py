@@ -87,7 +87,14 @@ def cmd_submit(args: argparse.Namespace) -> int:
         return 0
     final = api.wait(record.job_id)
     print(f"{record.job_id}: {final.state.value}" + (f" ({final.reason})" if final.reason else ""))
+    _warn_strategy(record.job_id)
     return 0 if final.state.value == "COMPLETED" else (final.exit_code or 1)
+
+
+def _warn_strategy(job_id: str) -> None:
+    warning = api.strategy_warning(job_id)
+    if warning:
+        print(f"stjobs: warning: {warning}", file=sys.stderr, flush=True)
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -106,6 +113,8 @@ def cmd_status(args: argparse.Namespace) -> int:
         table.add_row(record.job_id, record.backend, f"{record.nodes}x{record.procs_per_node}", row.state.value,
                       "" if row.exit_code is None else str(row.exit_code), row.reason)
     Console(width=200).print(table)
+    if args.job_id:
+        _warn_strategy(args.job_id)
     return 0
 
 
@@ -214,6 +223,38 @@ def _image_parser(image: argparse.ArgumentParser) -> None:
     image_build.set_defaults(run=cmd_image_build)
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    from stjobs.bench import BenchOptions, run_bench
+
+    options = BenchOptions(model=args.model, per_device_batch_size=args.per_device_batch_size,
+                           max_seq_length=args.max_seq_length, steps=args.steps, skip_steps=args.skip_steps,
+                           data_rows=args.data_rows, data=args.data, out_dir=Path(args.out),
+                           processes=args.processes, seed=args.seed)
+    report = run_bench(options)
+    print(report.table())
+    print(f"\nwrote {options.out_dir / 'bench.json'} and {options.out_dir / 'bench.png'}")
+    return 0
+
+
+def _bench_parser(bench: argparse.ArgumentParser) -> None:
+    from stjobs.bench import BenchOptions
+
+    default = BenchOptions()
+    bench.add_argument("--model", default=default.model, help="tiny-bert (default), a local model dir or "
+                       "sentence-transformers/all-MiniLM-L6-v2")
+    bench.add_argument("--per-device-batch-size", type=int, default=default.per_device_batch_size)
+    bench.add_argument("--max-seq-length", type=int, default=default.max_seq_length)
+    bench.add_argument("--steps", type=int, default=default.steps, help="optimisation steps per row")
+    bench.add_argument("--skip-steps", type=int, default=default.skip_steps,
+                       help="warm-up steps left out of samples/s")
+    bench.add_argument("--data", default=None, help="a pairs file (default: generated, widely varying lengths)")
+    bench.add_argument("--data-rows", type=int, default=default.data_rows, help="rows of the generated data")
+    bench.add_argument("--processes", type=int, default=None, help="DDP processes (default: GPUs, else CPU cores)")
+    bench.add_argument("--seed", type=int, default=default.seed)
+    bench.add_argument("--out", default=str(default.out_dir), help="directory for bench.json, bench.png, runs")
+    bench.set_defaults(run=cmd_bench)
+
+
 def _schema_parser(schema: argparse.ArgumentParser) -> None:
     schema.set_defaults(run=cmd_schema)
 
@@ -225,6 +266,7 @@ COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None]]] = {
     "logs": ("print a job's output", _logs_parser),
     "cancel": ("cancel a job and wait until it stopped", _cancel_parser),
     "image": ("render or build the job's container image", _image_parser),
+    "bench": ("compare no parallelism, DP, DDP, FSDP and stjobs' defaults on this machine", _bench_parser),
     "schema": ("print the job spec's JSON Schema", _schema_parser),
 }
 

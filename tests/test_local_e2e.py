@@ -73,6 +73,10 @@ def test_two_process_ddp_training(tiny_model: Path, tmp_path: Path) -> None:
     wrapped = [e for e in events if e["event"] == "wrapped"]
     assert {e["model_wrapper"] for e in wrapped} == {"DistributedDataParallel"}
     assert {e["distributed_type"] for e in wrapped} == {"MULTI_CPU"}
+    assert {(e["requested"], e["ran"], e["as_requested"]) for e in wrapped} == {("ddp", "ddp", True)}
+    assert "warning" not in done.stderr
+    assert {(e["per_device_batch_size"], e["global_batch_size"], e["gather_across_devices"])
+            for e in starts.values()} == {(16, 32, True)}
 
     losses = [e["loss"] for e in events if e["event"] == "loss"]
     assert len(losses) >= 6
@@ -81,6 +85,7 @@ def test_two_process_ddp_training(tiny_model: Path, tmp_path: Path) -> None:
     assert scores["after"] > scores["before"], scores
     throughput = [e for e in events if e["event"] == "throughput"]
     assert throughput and throughput[0]["samples_per_second"] > 0
+    assert throughput[0]["steady_samples_per_second"] > 0 and throughput[0]["steady_steps"] == 54  # 60 - 5 - 1
 
     (saved,) = [e["path"] for e in events if e["event"] == "saved"]
     assert Path(saved) == out / "final"
@@ -100,6 +105,19 @@ def test_two_process_ddp_training(tiny_model: Path, tmp_path: Path) -> None:
 
     table = cli("status").stdout
     assert job_id in table and "COMPLETED" in table
+
+
+def test_fsdp_that_falls_back_to_ddp_is_reported(tiny_model: Path, tmp_path: Path) -> None:
+    """On CPUs accelerate runs an FSDP request as plain DDP without a word: stjobs says so."""
+    done = cli("submit", "examples/tiny-ddp.yaml", "--wait", "--set", "strategy=fsdp",
+               *train_args(tiny_model, tmp_path / "run", 6))
+    job_id = submitted_id(done.stdout)
+    assert done.stdout.strip().endswith(f"{job_id}: COMPLETED"), done.stdout
+    expected = f"stjobs: warning: {job_id}: strategy fsdp was requested but the training ran as ddp"
+    assert expected in done.stderr, done.stderr
+    assert expected in cli("status", job_id).stderr
+    wrapped = [e for e in parse_events(cli("logs", job_id).stdout) if e["event"] == "wrapped"]
+    assert {(e["ran"], e["as_requested"]) for e in wrapped} == {("ddp", False)}
 
 
 def test_accelerate_launcher_runs_two_processes(tiny_model: Path, tmp_path: Path) -> None:

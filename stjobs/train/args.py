@@ -85,6 +85,7 @@ class TrainConfig:
     find_unused_parameters: bool = False
     fsdp_layer_class: str | None = None  # None: from the model's config.json (see models.fsdp_layer_class)
     guide_model: str | None = None  # the guide of GISTEmbedLoss / CachedGISTEmbedLoss
+    throughput_skip_steps: int = 5  # warm-up steps left out of the steady-state samples/s
     strategy: str = "ddp"
 
     def batch_sizes(self, world: int) -> tuple[int, int]:
@@ -189,6 +190,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fsdp-layer-class", default=None,
                    help="FSDP: the layer class to wrap (default: from the model's config, e.g. BertLayer)")
     p.add_argument("--guide-model", default=None, help="GISTEmbedLoss / CachedGISTEmbedLoss: the guide model")
+    p.add_argument("--throughput-skip-steps", type=non_negative_int, default=5,
+                   help="warm-up steps left out of the steady-state samples/s of the throughput event")
     return p
 
 

@@ -7,15 +7,19 @@ and ``rank``. Launch tests and the CLI read a job's log back with :func:`parse_e
 event          who emits   fields besides ``event`` and ``rank``
 =============  ==========  ================================================================================
 ``start``      every rank  ``world_size``, ``local_rank``, ``strategy``, ``backend`` (null when not distributed),
-                           ``model``, ``train_rows``, ``kind``, ``loss``, ``learning_rate``
+                           ``model``, ``train_rows``, ``kind``, ``loss``, ``learning_rate``,
+                           ``per_device_batch_size``, ``global_batch_size``, ``gather_across_devices``
 ``resumed``    every rank  ``checkpoint`` (absolute path)
 ``wrapped``    every rank  ``distributed_type`` (accelerate's name: ``NO``, ``MULTI_CPU``, ``MULTI_GPU``, ``FSDP``),
-                           ``model_wrapper`` (class of the model actually trained, e.g. ``DistributedDataParallel``)
+                           ``model_wrapper`` (class of the model actually trained, e.g. ``DistributedDataParallel``),
+                           ``requested`` (STJOBS_STRATEGY), ``ran`` (``single``, ``dp``, ``ddp`` or ``fsdp``),
+                           ``as_requested`` (false: the libraries fell back, e.g. FSDP on CPUs runs as DDP)
 ``loss``       rank 0      ``step``, ``loss`` (mean over ranks and logging window; null if not finite)
 ``eval``       rank 0      ``when`` (``before`` / ``during`` with --eval-steps / ``after``), ``metric``, ``score``,
                            ``step``
 ``preempted``  every rank  ``step``, ``checkpoint``, ``signal`` (name, or null on ranks that got no signal)
-``throughput`` rank 0      ``samples_per_second``, ``steps``, ``seconds``, ``global_batch_size``
+``throughput`` rank 0      ``samples_per_second``, ``steps``, ``seconds``, ``global_batch_size``,
+                           ``steady_samples_per_second`` and ``steady_steps`` (without the warm-up steps)
 ``saved``      rank 0      ``path``
 ``done``       rank 0      (none)
 =============  ==========  ================================================================================

@@ -78,6 +78,22 @@ def newest_checkpoint(folder: Path) -> Path | None:
     return None
 
 
+def strategy_that_ran(distributed_type: str, wrapper: str) -> str:
+    """The strategy a run really used, from accelerate's distributed type and the class wrapping the model."""
+    if "FSDP" in distributed_type or "FullyShardedDataParallel" in wrapper or wrapper == "FSDPModule":
+        return "fsdp"
+    if wrapper == "DistributedDataParallel":
+        return "ddp"
+    if wrapper == "DataParallel":
+        return "dp"
+    return "single"
+
+
+def expected_strategy(requested: str, world: int) -> str:
+    # One process of a DDP job trains the bare model: accelerate skips the wrapper for a world of one.
+    return "single" if requested == "ddp" and world == 1 else requested
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     config = parse_config(argv)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # tokenizers + forked dataloader workers deadlock
@@ -272,16 +288,21 @@ def _fit(config: TrainConfig, source: str, model: Any, train_table: Any, loss: A
             self.first_step_at: float | None = None
             self.first_step = 0
             self.ended_at: float | None = None
+            self.step_ends: list[float] = []  # when each step of this run ended, for the steady-state rate
 
         def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
             accelerator = self.trainer.accelerator
             distributed_type = getattr(accelerator.distributed_type, "value", str(accelerator.distributed_type))
             wrapper = type(self.trainer.model_wrapped).__name__
-            events.emit("wrapped", rank=rank, distributed_type=str(distributed_type), model_wrapper=wrapper)
-            if config.strategy == "fsdp" and "FSDP" not in f"{distributed_type}{wrapper}" and rank == 0:
-                # accelerate turns an FSDP request into plain DDP on CPU-only machines without saying so.
-                print(f"stjobs.train: warning: STJOBS_STRATEGY=fsdp but training runs as {distributed_type} "
-                      f"with {wrapper}", file=sys.stderr, flush=True)
+            ran = strategy_that_ran(str(distributed_type), wrapper)
+            as_requested = ran == expected_strategy(config.strategy, world)
+            events.emit("wrapped", rank=rank, distributed_type=str(distributed_type), model_wrapper=wrapper,
+                        requested=config.strategy, ran=ran, as_requested=as_requested)
+            if not as_requested and rank == 0:
+                # accelerate turns an FSDP request into plain DDP on CPU-only machines without saying so, and
+                # DataParallel with fewer than two GPUs is one plain process.
+                print(f"stjobs.train: warning: STJOBS_STRATEGY={config.strategy} but training runs as {ran} "
+                      f"({distributed_type} with {wrapper})", file=sys.stderr, flush=True)
 
         def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, float] | None = None,
                    **kwargs: Any) -> None:
@@ -308,6 +329,7 @@ def _fit(config: TrainConfig, source: str, model: Any, train_table: Any, loss: A
             self.ended_at = time.monotonic()
 
         def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            self.step_ends.append(time.monotonic())
             flagged = torch.tensor([1 if preemption.signum is not None else 0], device=args.device)
             if world > 1:
                 # A signal may reach only some ranks; stopping alone would leave the others hanging in all-reduce.
@@ -338,9 +360,15 @@ def _fit(config: TrainConfig, source: str, model: Any, train_table: Any, loss: A
     steps = trainer.state.global_step - callback.first_step if callback.first_step_at is not None else 0
     runtime = (callback.ended_at or time.monotonic()) - (callback.first_step_at or time.monotonic())
     throughput = steps * global_batch / runtime if steps and runtime > 0 else 0.0
+    # Steady state: the first steps pay for lazy initialisation, allocator growth and the first all-reduce buckets.
+    ends = callback.step_ends
+    skip = min(config.throughput_skip_steps, max(len(ends) - 2, 0))
+    steady = (len(ends) - 1 - skip) * global_batch / (ends[-1] - ends[skip]) \
+        if len(ends) - 1 - skip > 0 and ends[-1] > ends[skip] else throughput
     if rank == 0:
         events.emit("throughput", rank=rank, samples_per_second=round(throughput, 3), steps=steps,
-                    seconds=round(runtime, 3), global_batch_size=global_batch)
+                    seconds=round(runtime, 3), global_batch_size=global_batch,
+                    steady_samples_per_second=round(steady, 3), steady_steps=max(len(ends) - 1 - skip, 0))
 
     if evaluator is not None:
         callback.when = "after"

@@ -1,13 +1,14 @@
 """Length-grouped batches: texts of similar length share a batch, so little of each batch is padding.
 
 A transformer pays for the longest text of a batch on every row; with randomly mixed lengths most of that work is
-padding. The sampler shuffles the data, cuts it into windows of ``WINDOW_BATCHES`` batches, sorts each window by
-text length and cuts it into batches, then shuffles the batch order: batches stay random across an epoch while each
-holds texts of one length range.
+padding. The sampler shuffles the data, cuts it into windows of ``WINDOW_STEPS`` steps, sorts each window by
+text length and cuts it into batches, then shuffles the order of the steps: batches stay random across an epoch
+while each holds texts of one length range.
 
 Under data parallelism, accelerate hands out consecutive batches to the ranks of one step (batch ``i`` to rank
 ``i % world``). Steps, not batches, are shuffled, so the ranks of one step get neighbouring lengths: a rank with
-short texts would otherwise wait at the gradient all-reduce for one with long texts.
+short texts would otherwise wait at the gradient all-reduce for one with long texts. Windows are counted in steps,
+so 2 processes x B/2 rows get, step for step, the same rows as 1 process x B (the parity test relies on it).
 
 For in-batch-negative losses a batch never holds the same text twice (it would be its own negative): a row whose
 text is already in the batch being filled moves to the next one.
@@ -23,7 +24,7 @@ from sentence_transformers.base.sampler import DefaultBatchSampler
 
 from stjobs.train.data import TEXT_COLUMNS
 
-WINDOW_BATCHES = 64
+WINDOW_STEPS = 64
 
 
 def text_lengths(dataset: Any) -> list[int]:
@@ -66,7 +67,7 @@ class LengthGroupedBatchSampler(DefaultBatchSampler):
 
     def _batches(self, order: list[int]) -> list[list[int]]:
         out: list[list[int]] = []
-        window = self.batch_size * WINDOW_BATCHES
+        window = self.batch_size * self.world * WINDOW_STEPS
         for start in range(0, len(order), window):
             chunk = sorted(order[start:start + window], key=lambda i: self.lengths[i], reverse=True)
             out.extend(self._fill(chunk))
@@ -99,6 +100,12 @@ class LengthGroupedBatchSampler(DefaultBatchSampler):
         if self.drop_last:
             batches = [batch for batch in batches if len(batch) == self.batch_size]
         # Shuffle whole steps (``world`` consecutive batches), keeping each step's batches of neighbouring lengths.
+        # A step short of rows goes last: in the middle it would shift which rank gets which batch from there on.
         steps = [batches[i:i + self.world] for i in range(0, len(batches), self.world)]
-        for position in torch.randperm(len(steps), generator=generator).tolist():
-            yield from steps[position]
+        rows = self.batch_size * self.world
+        full = [step for step in steps if sum(map(len, step)) == rows]
+        for position in torch.randperm(len(full), generator=generator).tolist():
+            yield from full[position]
+        for step in steps:
+            if sum(map(len, step)) != rows:
+                yield from step

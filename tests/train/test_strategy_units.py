@@ -137,3 +137,13 @@ def test_in_batch_negative_losses_gather_across_devices_by_default(name: str, ti
         is False
     if "Symmetric" in name:
         assert tuple(loss.directions) == ("query_to_doc", "doc_to_query")
+
+
+@pytest.mark.parametrize("unique", [False, True])
+def test_two_ranks_of_half_batches_get_the_rows_of_one_full_batch(unique: bool) -> None:
+    """Step k of 2 processes x B/2 holds exactly the rows of step k of 1 process x B: DDP parity needs it."""
+    data = table(1000, seed=7)
+    whole = list(sampler(data, 16, unique=unique))
+    halves = list(sampler(data, 8, unique=unique, world=2))
+    steps = [sorted(halves[i] + halves[i + 1]) for i in range(0, len(halves) - 1, 2)]
+    assert steps[:len(whole) - 1] == [sorted(batch) for batch in whole[:len(whole) - 1]]
