@@ -89,6 +89,9 @@ def test_bench_runs_every_row_it_can_and_writes_its_files(tmp_path: Path) -> Non
     assert ran == ["single-1", "single-all", "ddp", "stjobs"]  # this machine has no GPU
     assert rows["single-1"]["speedup"] == 1.0
     assert {rows[key]["ran"] for key in ("ddp", "stjobs")} == {"ddp"}
+    # One process under torchrun trains the bare model: no process group, no DDP wrapper of a world of one.
+    assert {rows[key]["ran"] for key in ("single-1", "single-all")} == {"single"}
+    assert not [line for line in report["checks"] if line.startswith("warning")]
     cores = os.cpu_count() or 1
     assert "torch.distributed.run" in rows["ddp"]["command"]
     assert f"--nproc-per-node {cores}" in rows["ddp"]["command"]

@@ -206,6 +206,33 @@ def load_model(path: str, max_seq_length: int | None) -> SentenceTransformer:
     return model
 
 
+def freeze_unused_parameters(model: Any) -> list[str]:
+    """Freeze the parameters no sentence embedding depends on; returns their names.
+
+    BERT-style checkpoints carry a pooler that mean pooling never uses. DDP then either searches the graph for
+    unused parameters after every backward (find_unused_parameters=True: slower) or, without the search, fails at
+    the second step. These parameters never receive a gradient from any sentence-transformers loss (every loss
+    goes through the sentence embedding), so freezing them changes nothing but lets DDP skip the search. One
+    forward and backward of two short texts finds them, in eval mode so no dropout draws from the RNG.
+    """
+    import torch
+
+    was_training = model.training
+    model.eval()
+    model.zero_grad(set_to_none=True)
+    texts = ["stjobs probe", "a second, longer probe text"]
+    features = model.preprocess(texts) if hasattr(model, "preprocess") else model.tokenize(texts)
+    with torch.enable_grad():
+        model(features)["sentence_embedding"].float().sum().backward()
+    unused = [name for name, param in model.named_parameters() if param.requires_grad and param.grad is None]
+    for name, param in model.named_parameters():
+        if name in unused:
+            param.requires_grad_(False)
+    model.zero_grad(set_to_none=True)
+    model.train(was_training)
+    return unused
+
+
 # The repeated block FSDP wraps as one unit, by the model_type in a Hugging Face config.json.
 FSDP_LAYER_CLASSES = {
     "bert": "BertLayer", "mpnet": "MPNetLayer", "xlm-roberta": "XLMRobertaLayer", "roberta": "RobertaLayer",

@@ -44,6 +44,9 @@ CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
 # Written by the Trainer after the weights, optimizer and scheduler: its presence marks a complete checkpoint.
 CHECKPOINT_COMPLETE_MARKER = "trainer_state.json"
 EVAL_BATCH_SIZE = 32
+# What torchrun tells each worker about its place in the world.
+DISTRIBUTED_VARS = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "GROUP_RANK", "GROUP_WORLD_SIZE",
+                    "ROLE_RANK", "ROLE_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 
 
 class Preemption:
@@ -125,6 +128,11 @@ def train(config: TrainConfig) -> int:
 
     preemption = Preemption()
     preemption.install()
+    if config.strategy in ("single", "ddp") and os.environ.get("WORLD_SIZE") == "1":
+        # A world of one under torchrun (kept for its restarts and signal handling): without this, accelerate and
+        # the Trainer build a process group and wrap the model in DDP for nothing, and the run reports "ddp".
+        for name in DISTRIBUTED_VARS:
+            os.environ.pop(name, None)
     # Joins the process group torchrun described in the environment: nccl on GPUs, gloo on CPUs. Without cpu=True on
     # a machine without GPUs, accelerate silently treats every rank as its own single-process run.
     cpu = not torch.cuda.is_available()
@@ -169,6 +177,12 @@ def train(config: TrainConfig) -> int:
                 # Which node this rank ran on: SLURM's node name (several nodes may share one host in tests).
                 node=os.environ.get("SLURMD_NODENAME") or socket.gethostname())
 
+    # DDP without the per-step search for unused parameters (see _training_args) needs every trainable parameter
+    # to get a gradient: freeze those that cannot (e.g. the pooler of a mean-pooled BERT).
+    frozen = models.freeze_unused_parameters(model) if config.strategy == "ddp" and world > 1 \
+        and not config.find_unused_parameters else []
+    if frozen and rank == 0:
+        events.emit("frozen", rank=rank, parameters=frozen)
     guide = models.load_model(config.guide_model, config.max_seq_length) if config.guide_model else None
     loss = data.build_loss(loss_name, model, world, config.gather_across_devices, per_device, guide)
     evaluator = (data.build_evaluator(eval_table, eval_kind, EVAL_BATCH_SIZE)
