@@ -38,25 +38,32 @@ def render(spec: JobSpec, backend: str = "local", k8s_schemas: str | Path | None
 
 
 def batch_note(spec: JobSpec) -> str | None:
-    """For the built-in training: the batch per process and per step, stated once where the user reads the plan."""
+    """For the built-in training: the batch per device and per step, stated once where the user reads the plan."""
     if spec.entrypoint.module != "stjobs.train":
         return None
     args = list(spec.entrypoint.args)
-    value = {flag: args[args.index(flag) + 1] for flag in ("--per-device-batch-size", "--global-batch-size")
-             if flag in args[:-1]}
-    world = spec.world_size if spec.strategy is not Strategy.dp else 1
+    value: dict[str, str] = {}
+    for index, arg in enumerate(args):
+        for flag in ("--per-device-batch-size", "--global-batch-size"):
+            if arg == flag and index + 1 < len(args):
+                value[flag] = args[index + 1]
+            elif arg.startswith(flag + "="):
+                value[flag] = arg.partition("=")[2]
+    # DataParallel: one process, and the Trainer puts a per-device batch on each of the node's GPUs.
+    devices = max(spec.gpus_per_node, 1) if spec.strategy is Strategy.dp else spec.world_size
+    unit = "GPU(s), one process" if spec.strategy is Strategy.dp else "process(es)"
     try:
         if "--global-batch-size" in value:
             total = int(value["--global-batch-size"])
-            per = total // world
+            per = total // devices
         else:
             per = int(value.get("--per-device-batch-size", DEFAULT_PER_DEVICE_BATCH_SIZE))
-            total = per * world
+            total = per * devices
     except ValueError:
         return None  # the training run reports the bad value itself
-    gather = f"; losses with in-batch negatives see all {total} rows" if world > 1 and \
+    gather = f"; losses with in-batch negatives see all {total} rows" if spec.world_size > 1 and \
         "--no-gather-across-devices" not in args else ""
-    return f"batch: {per} per process x {world} process(es) = {total} per step{gather}"
+    return f"batch: {per} per device x {devices} {unit} = {total} per step{gather}"
 
 
 def render_job(spec: JobSpec, backend: str = "local", k8s_schemas: str | Path | None = None) -> Plan:

@@ -214,9 +214,13 @@ def test_plan_states_the_batch_per_process_and_per_step() -> None:
         spec = stjobs.load_spec(EXAMPLES / "gpu-2x8.yaml", overrides=list(changes.items()))
         return [n for n in stjobs.render(spec, "slurm").notes if n.startswith("batch:")]
 
-    assert note() == ["batch: 64 per process x 16 process(es) = 1024 per step; losses with in-batch negatives "
+    assert note() == ["batch: 64 per device x 16 process(es) = 1024 per step; losses with in-batch negatives "
                       "see all 1024 rows"]
     assert note(**{"entrypoint.args": ["--model", "m", "--train-data", "t", "--global-batch-size", "512"]}) == [
-        "batch: 32 per process x 16 process(es) = 512 per step; losses with in-batch negatives see all 512 rows"]
+        "batch: 32 per device x 16 process(es) = 512 per step; losses with in-batch negatives see all 512 rows"]
+    assert note(**{"entrypoint.args": ["--per-device-batch-size=8"]})[0].startswith("batch: 8 per device x 16 ")
+    dp = note(**{"strategy": "dp", "nodes": 1, "procs_per_node": 1, "entrypoint.args": ["--per-device-batch-size",
+                                                                                         "8"]})
+    assert dp == ["batch: 8 per device x 8 GPU(s), one process = 64 per step"]
     single = stjobs.load_spec(EXAMPLES / "tiny-ddp.yaml", overrides=[("procs_per_node", 1), ("strategy", "single")])
     assert [n for n in stjobs.render(single, "local").notes if n.startswith("batch:")][0].endswith("per step")

@@ -38,7 +38,7 @@ from types import FrameType
 from typing import Any
 
 from stjobs.train import events
-from stjobs.train.args import TrainConfig, TrainConfigError, parse_config
+from stjobs.train.args import DEFAULT_PER_DEVICE_BATCH_SIZE, TrainConfig, TrainConfigError, parse_config
 
 CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
 # Written by the Trainer after the weights, optimizer and scheduler: its presence marks a complete checkpoint.
@@ -139,7 +139,9 @@ def train(config: TrainConfig) -> int:
     state = PartialState(cpu=cpu)
     rank, world, local_rank = state.process_index, state.num_processes, state.local_process_index
     _quiet_libraries(rank == 0)
-    per_device, global_batch = config.batch_sizes(world)
+    # DataParallel is one process whose Trainer puts a per-device batch on each visible GPU.
+    devices = world * max(torch.cuda.device_count(), 1) if config.strategy == "dp" else world
+    per_device, global_batch = config.batch_sizes(devices)
     config = dataclasses.replace(config, per_device_batch_size=per_device, global_batch_size=global_batch)
 
     source = models.resolve_model_path(config.model)  # cheap, so a wrong --model fails before the data loads
@@ -225,7 +227,7 @@ def _training_args(config: TrainConfig, source: str, model: Any, world: int, in_
         sampler = BatchSamplers.NO_DUPLICATES if in_batch_negatives else BatchSamplers.BATCH_SAMPLER
     return SentenceTransformerTrainingArguments(
         output_dir=str(config.checkpoint_dir),
-        per_device_train_batch_size=config.batch_sizes(world)[0],
+        per_device_train_batch_size=config.per_device_batch_size or DEFAULT_PER_DEVICE_BATCH_SIZE,
         bf16=precision == "bf16",
         fp16=precision == "fp16",
         per_device_eval_batch_size=EVAL_BATCH_SIZE,
