@@ -199,7 +199,7 @@ def _training_args(config: TrainConfig, source: str, model: Any, world: int, in_
     from sentence_transformers.base.sampler import BatchSamplers
 
     from stjobs.train.models import fsdp_layer_class
-    from stjobs.train.sampler import LengthGroupedBatchSampler
+    from stjobs.train.sampler import LengthGroupedBatchSampler, UniqueTextBatchSampler
 
     on_gpu = torch.cuda.is_available()
     parallel: dict[str, Any] = {}
@@ -220,8 +220,7 @@ def _training_args(config: TrainConfig, source: str, model: Any, world: int, in_
         raise TrainConfigError(f"--precision: got {precision} without a GPU; expected fp32 or auto on CPUs")
     workers = config.dataloader_workers if config.dataloader_workers is not None else (2 if on_gpu else 0)
     if config.group_by_length:
-        LengthGroupedBatchSampler.unique_texts = in_batch_negatives
-        sampler: Any = LengthGroupedBatchSampler
+        sampler: Any = UniqueTextBatchSampler if in_batch_negatives else LengthGroupedBatchSampler
     else:
         # In-batch negatives: a duplicate text in a batch would be scored as a negative of itself.
         sampler = BatchSamplers.NO_DUPLICATES if in_batch_negatives else BatchSamplers.BATCH_SAMPLER

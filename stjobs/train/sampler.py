@@ -46,8 +46,7 @@ def _world_size() -> int:
 class LengthGroupedBatchSampler(DefaultBatchSampler):
     """Batches of similar text length, in random order; see the module docstring."""
 
-    # Set by the training run (``functools.partial`` would hide the class from the Trainer's isinstance check).
-    unique_texts = False
+    unique_texts = False  # see UniqueTextBatchSampler
 
     def __init__(self, dataset: Any, batch_size: int, drop_last: bool, valid_label_columns: list[str] | None = None,
                  generator: torch.Generator | None = None, seed: int = 0) -> None:
@@ -109,3 +108,12 @@ class LengthGroupedBatchSampler(DefaultBatchSampler):
         for step in steps:
             if sum(map(len, step)) != rows:
                 yield from step
+
+
+class UniqueTextBatchSampler(LengthGroupedBatchSampler):
+    """Length-grouped batches that never hold one text twice, for losses that use the batch as negatives.
+
+    A subclass rather than an option: the Trainer takes a sampler class and builds it with fixed arguments.
+    """
+
+    unique_texts = True

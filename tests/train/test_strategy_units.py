@@ -25,8 +25,8 @@ def sampler(data: object, batch_size: int, drop_last: bool = False, unique: bool
             seed: int = 3) -> object:
     from stjobs.train import sampler as module
 
-    module.LengthGroupedBatchSampler.unique_texts = unique
-    made = module.LengthGroupedBatchSampler(data, batch_size=batch_size, drop_last=drop_last, seed=seed)
+    kind = module.UniqueTextBatchSampler if unique else module.LengthGroupedBatchSampler
+    made = kind(data, batch_size=batch_size, drop_last=drop_last, seed=seed)
     made.world = world
     return made
 
