@@ -75,6 +75,9 @@ def test_two_process_ddp_training(tiny_model: Path, tmp_path: Path) -> None:
     assert {e["distributed_type"] for e in wrapped} == {"MULTI_CPU"}
     assert {(e["requested"], e["ran"], e["as_requested"]) for e in wrapped} == {("ddp", "ddp", True)}
     assert "warning" not in done.stderr
+    # tiny-bert keeps BERT's pooler, which mean pooling never uses: DDP must search for unused parameters.
+    assert [e["parameters"] for e in events if e["event"] == "unused"] == [
+        ["0.model.pooler.dense.weight", "0.model.pooler.dense.bias"]]
     assert {(e["per_device_batch_size"], e["global_batch_size"], e["gather_across_devices"])
             for e in starts.values()} == {(16, 32, True)}
 

@@ -206,14 +206,13 @@ def load_model(path: str, max_seq_length: int | None) -> SentenceTransformer:
     return model
 
 
-def freeze_unused_parameters(model: Any) -> list[str]:
-    """Freeze the parameters no sentence embedding depends on; returns their names.
+def unused_parameters(model: Any) -> list[str]:
+    """Trainable parameters no sentence embedding depends on (e.g. the pooler of a mean-pooled BERT).
 
-    BERT-style checkpoints carry a pooler that mean pooling never uses. DDP then either searches the graph for
-    unused parameters after every backward (find_unused_parameters=True: slower) or, without the search, fails at
-    the second step. These parameters never receive a gradient from any sentence-transformers loss (every loss
-    goes through the sentence embedding), so freezing them changes nothing but lets DDP skip the search. One
-    forward and backward of two short texts finds them, in eval mode so no dropout draws from the RNG.
+    DDP without its per-step search for unused parameters fails at the second step on such a model, so the
+    search stays on exactly when this finds some. (Freezing them instead would be faster, but it changes the
+    optimizer's parameter groups, and checkpoints written without freezing could then no longer be resumed.)
+    One forward and backward of two short texts, in eval mode so that no dropout draws from the RNG.
     """
     import torch
 
@@ -225,9 +224,6 @@ def freeze_unused_parameters(model: Any) -> list[str]:
     with torch.enable_grad():
         model(features)["sentence_embedding"].float().sum().backward()
     unused = [name for name, param in model.named_parameters() if param.requires_grad and param.grad is None]
-    for name, param in model.named_parameters():
-        if name in unused:
-            param.requires_grad_(False)
     model.zero_grad(set_to_none=True)
     model.train(was_training)
     return unused

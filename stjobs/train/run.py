@@ -179,12 +179,13 @@ def train(config: TrainConfig) -> int:
                 # Which node this rank ran on: SLURM's node name (several nodes may share one host in tests).
                 node=os.environ.get("SLURMD_NODENAME") or socket.gethostname())
 
-    # DDP without the per-step search for unused parameters (see _training_args) needs every trainable parameter
-    # to get a gradient: freeze those that cannot (e.g. the pooler of a mean-pooled BERT).
-    frozen = models.freeze_unused_parameters(model) if config.strategy == "ddp" and world > 1 \
-        and not config.find_unused_parameters else []
-    if frozen and rank == 0:
-        events.emit("frozen", rank=rank, parameters=frozen)
+    if config.strategy == "ddp" and world > 1 and not config.find_unused_parameters:
+        # DDP skips its per-step search for unused parameters unless the model has some (see _training_args).
+        unused = models.unused_parameters(model)
+        if unused:
+            config = dataclasses.replace(config, find_unused_parameters=True)
+            if rank == 0:
+                events.emit("unused", rank=rank, parameters=unused)
     guide = models.load_model(config.guide_model, config.max_seq_length) if config.guide_model else None
     loss = data.build_loss(loss_name, model, world, config.gather_across_devices, per_device, guide)
     evaluator = (data.build_evaluator(eval_table, eval_kind, EVAL_BATCH_SIZE)
@@ -211,7 +212,8 @@ def _training_args(config: TrainConfig, source: str, model: Any, world: int, in_
                                                   "transformer_layer_cls_to_wrap": [layer]}}
     elif world > 1:
         # DDP looks for parameters without a gradient after every backward unless told there are none: an extra
-        # pass over the graph per step. Models that need it say so with --find-unused-parameters.
+        # pass over the graph per step. On when the model has such parameters (found at start, see train()) or
+        # when asked for with --find-unused-parameters.
         parallel = {"ddp_find_unused_parameters": config.find_unused_parameters}
     precision = config.precision
     if precision == "auto":

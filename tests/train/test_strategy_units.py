@@ -149,14 +149,13 @@ def test_two_ranks_of_half_batches_get_the_rows_of_one_full_batch(unique: bool) 
     assert steps[:len(whole) - 1] == [sorted(batch) for batch in whole[:len(whole) - 1]]
 
 
-def test_parameters_no_embedding_uses_are_frozen_for_ddp(tiny: Path, hf_offline: None) -> None:
+def test_parameters_no_embedding_uses_are_found(tiny: Path, hf_offline: None) -> None:
     """A mean-pooled BERT never uses its pooler: DDP without the unused-parameter search would fail on it."""
-    from stjobs.train.models import freeze_unused_parameters, load_model
+    from stjobs.train.models import load_model, unused_parameters
 
     model = load_model(str(tiny), None)
     before = {name: param.detach().clone() for name, param in model.named_parameters()}
-    assert freeze_unused_parameters(model) == ["0.model.pooler.dense.weight", "0.model.pooler.dense.bias"]
-    frozen = {name for name, param in model.named_parameters() if not param.requires_grad}
-    assert frozen == {"0.model.pooler.dense.weight", "0.model.pooler.dense.bias"}
+    assert unused_parameters(model) == ["0.model.pooler.dense.weight", "0.model.pooler.dense.bias"]
+    assert all(param.requires_grad for param in model.parameters())
     assert all(param.grad is None for param in model.parameters()) and model.training
     assert all(param.equal(before[name]) for name, param in model.named_parameters())
