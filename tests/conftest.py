@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,14 @@ def offline_env(**extra: str) -> dict[str, str]:
                 "PATH": f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}"})
     env.update(extra)
     return env
+
+
+def build_tiny_model(out: Path) -> Path:
+    """The tiny BERT of the example data, built by the same command a user runs (stjobs.train.models)."""
+    subprocess.run([str(Path(stjobs_bin()).parent / "python"), "-m", "stjobs.train.models", "--tiny-from",
+                    str(EXAMPLES / "data" / "train.jsonl"), "--out", str(out)], check=True, cwd=REPO,
+                   env=offline_env(), capture_output=True)
+    return out
 
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:

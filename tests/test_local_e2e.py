@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from stjobs.train.events import parse_events
-from tests.conftest import EXAMPLES, REPO, offline_env, stjobs_bin
+from tests.conftest import REPO, build_tiny_model, offline_env, stjobs_bin
 
 pytestmark = pytest.mark.slow
 
@@ -49,11 +49,7 @@ def train_args(model: Path, out: Path, steps: int, *extra: str) -> list[str]:
 
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("tiny") / "model"
-    subprocess.run([str(Path(stjobs_bin()).parent / "python"), "-m", "stjobs.train.models", "--tiny-from",
-                    str(EXAMPLES / "data" / "train.jsonl"), "--out", str(out)], check=True, cwd=REPO,
-                   env=offline_env(), capture_output=True)
-    return out
+    return build_tiny_model(tmp_path_factory.mktemp("tiny") / "model")
 
 
 def test_two_process_ddp_training(tiny_model: Path, tmp_path: Path) -> None:

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from stjobs.train.events import parse_events
-from tests.conftest import EXAMPLES, REPO, offline_env, stjobs_bin
+from tests.conftest import REPO, build_tiny_model, offline_env, stjobs_bin
 
 pytestmark = pytest.mark.slow
 
@@ -38,10 +38,7 @@ def run(*args: str) -> subprocess.CompletedProcess[str]:
 @pytest.fixture(scope="module")
 def model_without_dropout(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The tiny BERT with dropout off: otherwise each process draws other dropout masks than the single run."""
-    out = tmp_path_factory.mktemp("tiny") / "model"
-    subprocess.run([str(Path(stjobs_bin()).parent / "python"), "-m", "stjobs.train.models", "--tiny-from",
-                    str(EXAMPLES / "data" / "train.jsonl"), "--out", str(out)], check=True, cwd=REPO,
-                   env=offline_env(), capture_output=True)
+    out = build_tiny_model(tmp_path_factory.mktemp("tiny") / "model")
     for config in out.rglob("config.json"):
         data = json.loads(config.read_text())
         if "hidden_dropout_prob" in data:
