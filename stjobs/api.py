@@ -12,7 +12,7 @@ from stjobs.backends import backend_module
 from stjobs.errors import StjobsError, UsageError
 from stjobs.plan import write_plan
 from stjobs.spec import Strategy
-from stjobs.train.args import DEFAULT_PER_DEVICE_BATCH_SIZE
+from stjobs.train.args import DEFAULT_PER_DEVICE_BATCH_SIZE, batch_options
 
 if TYPE_CHECKING:
     from stjobs.jobs import JobRecord, JobStatus
@@ -39,30 +39,20 @@ def render(spec: JobSpec, backend: str = "local", k8s_schemas: str | Path | None
 
 def batch_note(spec: JobSpec) -> str | None:
     """For the built-in training: the batch per device and per step, stated once where the user reads the plan."""
-    if spec.entrypoint.module != "stjobs.train":
+    options = batch_options(spec.entrypoint.args) if spec.entrypoint.module == "stjobs.train" else None
+    if options is None:
         return None
-    args = list(spec.entrypoint.args)
-    value: dict[str, str] = {}
-    for index, arg in enumerate(args):
-        for flag in ("--per-device-batch-size", "--global-batch-size"):
-            if arg == flag and index + 1 < len(args):
-                value[flag] = args[index + 1]
-            elif arg.startswith(flag + "="):
-                value[flag] = arg.partition("=")[2]
     # DataParallel: one process, and the Trainer puts a per-device batch on each of the node's GPUs.
     devices = max(spec.gpus_per_node, 1) if spec.strategy is Strategy.dp else spec.world_size
     unit = "GPU(s), one process" if spec.strategy is Strategy.dp else "process(es)"
-    try:
-        if "--global-batch-size" in value:
-            total = int(value["--global-batch-size"])
-            per = total // devices
-        else:
-            per = int(value.get("--per-device-batch-size", DEFAULT_PER_DEVICE_BATCH_SIZE))
-            total = per * devices
-    except ValueError:
-        return None  # the training run reports the bad value itself
-    gather = f"; losses with in-batch negatives see all {total} rows" if spec.world_size > 1 and \
-        "--no-gather-across-devices" not in args else ""
+    if options.global_batch_size is not None:
+        total = options.global_batch_size
+        per = total // devices
+    else:
+        per = options.per_device_batch_size or DEFAULT_PER_DEVICE_BATCH_SIZE
+        total = per * devices
+    gather = f"; losses with in-batch negatives see all {total} rows" \
+        if spec.world_size > 1 and options.gather_across_devices else ""
     return f"batch: {per} per device x {devices} {unit} = {total} per step{gather}"
 
 

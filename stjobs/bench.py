@@ -121,9 +121,11 @@ def _rows(options: BenchOptions, gpus: int, cpus: int) -> list[tuple[str, str, s
     """(key, label, strategy, spec overrides, why not available) per row of the comparison."""
     procs = options.processes or (gpus if gpus else cpus)
     seed_style = ["--no-group-by-length", "--dataloader-workers", "0"]
-    on = "GPU" if gpus else "CPU"
+    # On CPUs one thread per rank; on GPUs the node's CPUs shared between the ranks.
+    ddp = {"procs_per_node": procs, "cpus_per_task": max(procs, cpus if gpus else procs), "gpus_per_node": gpus}
+    ddp_missing = "" if procs >= 2 else "DDP needs 2 processes"
     rows: list[tuple[str, str, str, dict[str, Any], str]] = [
-        ("single-1", f"no parallelism ({on}, 1 thread)" if not gpus else "no parallelism (1 GPU)", "single",
+        ("single-1", "no parallelism (1 GPU)" if gpus else "no parallelism (CPU, 1 thread)", "single",
          {"procs_per_node": 1, "cpus_per_task": 1, "gpus_per_node": min(gpus, 1), "extra": seed_style}, ""),
     ]
     if not gpus:
@@ -132,16 +134,11 @@ def _rows(options: BenchOptions, gpus: int, cpus: int) -> list[tuple[str, str, s
     rows.append(("dp", f"DataParallel ({gpus} GPUs)" if gpus else "DataParallel", "dp",
                  {"procs_per_node": 1, "cpus_per_task": max(cpus, 1), "gpus_per_node": gpus, "extra": seed_style},
                  "" if gpus >= 2 else "DataParallel needs at least 2 GPUs"))
-    rows.append(("ddp", f"DDP ({procs} processes)", "ddp",
-                 {"procs_per_node": procs, "cpus_per_task": max(procs, cpus if gpus else procs),
-                  "gpus_per_node": gpus, "extra": seed_style}, "" if procs >= 2 else "DDP needs 2 processes"))
+    rows.append(("ddp", f"DDP ({procs} processes)", "ddp", {**ddp, "extra": seed_style}, ddp_missing))
     rows.append(("fsdp", f"FSDP ({procs} GPUs)" if gpus else "FSDP", "fsdp",
-                 {"procs_per_node": procs, "cpus_per_task": max(procs, cpus), "gpus_per_node": gpus,
-                  "extra": seed_style},
+                 {**ddp, "cpus_per_task": max(procs, cpus), "extra": seed_style},
                  "" if gpus >= 2 else "FSDP needs 2 GPUs (on CPUs accelerate runs it as DDP under FSDP's name)"))
-    rows.append(("stjobs", f"stjobs defaults (DDP, {procs} processes)", "ddp",
-                 {"procs_per_node": procs, "cpus_per_task": max(procs, cpus if gpus else procs),
-                  "gpus_per_node": gpus, "extra": []}, "" if procs >= 2 else "DDP needs 2 processes"))
+    rows.append(("stjobs", f"stjobs defaults (DDP, {procs} processes)", "ddp", {**ddp, "extra": []}, ddp_missing))
     return rows
 
 
@@ -149,7 +146,7 @@ def run_bench(options: BenchOptions) -> BenchReport:
     """Run every row that can run here, one after the other, and write bench.json and bench.png."""
     from stjobs import api
     from stjobs.config import validate_spec
-    from stjobs.launch import shell_line
+    from stjobs.launch import build_launch, shell_line
     from stjobs.train.events import first, parse_events
 
     if options.steps <= options.skip_steps + 2:
@@ -175,11 +172,10 @@ def run_bench(options: BenchOptions) -> BenchReport:
             "env": {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"},
             "entrypoint": {"module": "stjobs.train", "args": args},
         })
-        plan = api.render(spec, "local")
         record = api.submit(spec, "local")
         final = api.wait(record.job_id)
         events = parse_events("".join(api.logs(record.job_id)))
-        command = shell_line(plan.launch.argv) if plan.launch else ""
+        command = shell_line(build_launch(spec).argv)
         throughput = first(events, "throughput", rank=0)
         if final.state.value != "COMPLETED" or throughput is None:
             raise StjobsError(f"bench row {key}: job {record.job_id} ended {final.state.value} "

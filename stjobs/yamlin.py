@@ -62,14 +62,17 @@ def load_value(text: str) -> Any:
     if not (stripped.isascii() and stripped.isprintable()) or stripped.startswith(("---", "...", "%")):
         return None
     try:
-        value = _value(stripped, [], 0, -1)[0]
+        return _value(stripped, [], 0, -1)[0]
     except _Unsure:
         return None
-    return None if value is None else value
+
+
+def _is_item(line: str) -> bool:
+    return line == "-" or line.startswith("- ")
 
 
 def _block(lines: list[tuple[int, str]], i: int, indent: int) -> tuple[Any, int]:
-    if lines[i][1] == "-" or lines[i][1].startswith("- "):
+    if _is_item(lines[i][1]):
         return _sequence(lines, i, indent)
     out: dict[str, Any] = {}
     while i < len(lines) and lines[i][0] == indent:
@@ -82,7 +85,7 @@ def _block(lines: list[tuple[int, str]], i: int, indent: int) -> tuple[Any, int]
             out[match.group(1)], i = _value(rest, lines, i, indent)
         elif i < len(lines) and lines[i][0] > indent:
             out[match.group(1)], i = _block(lines, i, lines[i][0])
-        elif i < len(lines) and lines[i][0] == indent and (lines[i][1] == "-" or lines[i][1].startswith("- ")):
+        elif i < len(lines) and lines[i][0] == indent and _is_item(lines[i][1]):
             out[match.group(1)], i = _sequence(lines, i, indent)  # a list may sit at its key's indent
         else:
             out[match.group(1)] = None
@@ -93,7 +96,7 @@ def _block(lines: list[tuple[int, str]], i: int, indent: int) -> tuple[Any, int]
 
 def _sequence(lines: list[tuple[int, str]], i: int, indent: int) -> tuple[list[Any], int]:
     out: list[Any] = []
-    while i < len(lines) and lines[i][0] == indent and (lines[i][1] == "-" or lines[i][1].startswith("- ")):
+    while i < len(lines) and lines[i][0] == indent and _is_item(lines[i][1]):
         rest = lines[i][1][1:].lstrip(" ")
         i += 1
         if rest.startswith("- ") or _KEY.match(rest):
@@ -123,8 +126,9 @@ def _value(text: str, lines: list[tuple[int, str]], i: int, indent: int) -> tupl
         close = text.find(quote, 1)
         tail = text[close + 1:].lstrip(" ") if close > 0 else "?"
         body = text[1:close]
+        # Anything after the closing quote but a comment (e.g. the second quote of an escaped '') is refused.
         if close < 0 or (tail and not (tail.startswith("#") and text[close + 1] == " ")) or \
-                (quote == '"' and "\\" in body) or (quote == "'" and tail.startswith("'")):
+                (quote == '"' and "\\" in body):
             raise _Unsure
         return body, i
     comment = text.find(" #")

@@ -149,6 +149,27 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message.replace(chr(10), ' ')}\n")
 
 
+def _batch_options(p: argparse.ArgumentParser) -> None:
+    """The options that decide what one step sees: shared with the launcher's batch statement (batch_options)."""
+    batch = p.add_mutually_exclusive_group()
+    batch.add_argument("--per-device-batch-size", type=positive_int, default=None,
+                       help=f"rows per process and step (default {DEFAULT_PER_DEVICE_BATCH_SIZE})")
+    batch.add_argument("--global-batch-size", type=positive_int, default=None,
+                       help="rows per step over all processes, split evenly between them")
+    p.add_argument("--gather-across-devices", action=argparse.BooleanOptionalAction, default=True,
+                   help="in-batch negatives from all processes (MultipleNegativesRankingLoss family)")
+
+
+def batch_options(argv: Sequence[str]) -> argparse.Namespace | None:
+    """The batch options of a training command line, read as the training will read them; None if invalid."""
+    parser = argparse.ArgumentParser(add_help=False, exit_on_error=False)
+    _batch_options(parser)
+    try:
+        return parser.parse_known_args(list(argv))[0]
+    except argparse.ArgumentError:
+        return None  # the training run reports the bad value itself
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="stjobs.train", description="Train a sentence-transformers model (one process per device).")
     p.add_argument("--model", required=True, help="local SentenceTransformer dir, all-MiniLM-L6-v2, or tiny-bert")
@@ -158,11 +179,7 @@ def build_parser() -> argparse.ArgumentParser:
     default_output = os.environ.get("STJOBS_OUTPUT_DIR")
     p.add_argument("--output-dir", required=default_output is None, default=default_output, type=Path)
     p.add_argument("--loss", type=loss_name, default=None, help=f"one of {', '.join(LOSSES)}")
-    batch = p.add_mutually_exclusive_group()
-    batch.add_argument("--per-device-batch-size", type=positive_int, default=None,
-                       help=f"rows per process and step (default {DEFAULT_PER_DEVICE_BATCH_SIZE})")
-    batch.add_argument("--global-batch-size", type=positive_int, default=None,
-                       help="rows per step over all processes, split evenly between them")
+    _batch_options(p)
     length = p.add_mutually_exclusive_group()
     length.add_argument("--max-steps", type=positive_int, default=None)
     length.add_argument("--epochs", type=positive_float, default=None, help="default 1 when --max-steps is unset")
@@ -177,8 +194,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-seq-length", type=positive_int, default=None)
     p.add_argument("--no-resume", dest="resume", action="store_false", help="ignore existing checkpoints")
     p.add_argument("--no-evaluator", dest="evaluator", action="store_false")
-    p.add_argument("--gather-across-devices", action=argparse.BooleanOptionalAction, default=True,
-                   help="in-batch negatives from all processes (MultipleNegativesRankingLoss family)")
     p.add_argument("--dataloader-workers", type=non_negative_int, default=None,
                    help="data loading processes per training process (default: 2 on GPUs, 0 on CPUs)")
     p.add_argument("--group-by-length", action=argparse.BooleanOptionalAction, default=True,

@@ -27,14 +27,15 @@ from stjobs.train.data import TEXT_COLUMNS
 WINDOW_STEPS = 64
 
 
+def row_texts(dataset: Any) -> list[tuple[str, ...]]:
+    """Each row's texts (anchor, positive, ...): what a batch must not repeat, and what its length is made of."""
+    columns = [dataset[name] for name in dataset.column_names if name in TEXT_COLUMNS]
+    return list(zip(*columns, strict=True)) if columns else [() for _ in range(len(dataset))]
+
+
 def text_lengths(dataset: Any) -> list[int]:
     """Characters per row over its text columns: a tokenizer-free stand-in for tokens, good enough to sort by."""
-    columns = [name for name in dataset.column_names if name in TEXT_COLUMNS]
-    totals = [0] * len(dataset)
-    for name in columns:
-        for index, text in enumerate(dataset[name]):
-            totals[index] += len(text)
-    return totals
+    return [sum(map(len, texts)) for texts in row_texts(dataset)]
 
 
 def _world_size() -> int:
@@ -52,13 +53,10 @@ class LengthGroupedBatchSampler(DefaultBatchSampler):
                  generator: torch.Generator | None = None, seed: int = 0) -> None:
         super().__init__(dataset, batch_size=batch_size, drop_last=drop_last,
                          valid_label_columns=valid_label_columns, generator=generator, seed=seed)
-        self.dataset = dataset
-        self.lengths = text_lengths(dataset)
+        texts = row_texts(dataset)
+        self.lengths = [sum(map(len, row)) for row in texts]
         self.world = _world_size()
-        self._texts: list[tuple[str, ...]] | None = None
-        if self.unique_texts:
-            columns = [dataset[name] for name in dataset.column_names if name in TEXT_COLUMNS]
-            self._texts = list(zip(*columns, strict=True)) if columns else None
+        self._texts = texts if self.unique_texts else None
 
     def __len__(self) -> int:
         full, rest = divmod(len(self.lengths), self.batch_size)
