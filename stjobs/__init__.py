@@ -17,7 +17,8 @@ _EXPORTS = {
     "status": "stjobs.api", "submit": "stjobs.api", "wait": "stjobs.api",
     "load_spec": "stjobs.config", "validate_spec": "stjobs.config",
     "RenderError": "stjobs.errors", "SpecError": "stjobs.errors", "StjobsError": "stjobs.errors",
-    "SubmitError": "stjobs.errors", "UsageError": "stjobs.errors",
+    "SubmitError": "stjobs.errors", "UsageError": "stjobs.errors", "InputError": "stjobs.errors",
+    "EnvError": "stjobs.errors", "OutputError": "stjobs.errors",
     "JobRecord": "stjobs.jobs", "JobStatus": "stjobs.jobs", "State": "stjobs.jobs",
     "LaunchPlan": "stjobs.launch", "build_launch": "stjobs.launch",
     "Plan": "stjobs.plan", "RenderedFile": "stjobs.plan", "write_plan": "stjobs.plan",
@@ -26,7 +27,7 @@ _EXPORTS = {
     "strategy_warning": "stjobs.api",
 }
 __all__ = [
-    "BenchOptions", "BenchReport", "run_bench", "strategy_warning",
+    "BenchOptions", "BenchReport", "run_bench", "strategy_warning", "EnvError", "InputError", "OutputError",
     "JobRecord", "JobSpec", "JobStatus", "LaunchPlan", "Launcher", "Plan", "RenderError", "RenderedFile",
     "SpecError", "State", "StjobsError", "Strategy", "SubmitError", "UsageError", "build_launch", "cancel",
     "job_status", "load_spec", "logs", "render", "render_image", "render_job", "render_to",
@@ -63,7 +64,16 @@ if TYPE_CHECKING:
     )
     from stjobs.bench import BenchOptions, BenchReport, run_bench
     from stjobs.config import load_spec, validate_spec
-    from stjobs.errors import RenderError, SpecError, StjobsError, SubmitError, UsageError
+    from stjobs.errors import (
+        EnvError,
+        InputError,
+        OutputError,
+        RenderError,
+        SpecError,
+        StjobsError,
+        SubmitError,
+        UsageError,
+    )
     from stjobs.jobs import JobRecord, JobStatus, State
     from stjobs.launch import LaunchPlan, build_launch
     from stjobs.plan import Plan, RenderedFile, write_plan

@@ -12,12 +12,12 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from stjobs import __version__, api
 from stjobs.backends import BACKENDS
 from stjobs.config import Override, load_spec
-from stjobs.errors import StjobsError
+from stjobs.errors import EnvError, StjobsError
 from stjobs.plan import write_plan
 from stjobs.spec import JobSpec
 
@@ -26,15 +26,26 @@ def _nodes(text: str) -> int | str:
     return int(text) if text.strip().isdigit() else text  # "2:4" stays text: an elastic range
 
 
+def _number(text: str) -> int | float | str:
+    """A number when it reads as one, else the text: the spec's own check then names the field, the value and
+    the range (argparse's "invalid int value" names neither the range nor the spec field)."""
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
 # Flags that are plain overrides of one spec field: (flag, spec field, type).
 SPEC_FLAGS: tuple[tuple[str, str, Callable[[str], Any]], ...] = (
     ("--name", "name", str),
     ("--nodes", "nodes", _nodes),
-    ("--procs-per-node", "procs_per_node", int),
-    ("--gpus-per-node", "gpus_per_node", int),
-    ("--cpus-per-task", "cpus_per_task", int),
-    ("--mem-gb", "mem_gb", float),
-    ("--time-min", "time_min", int),
+    ("--procs-per-node", "procs_per_node", _number),
+    ("--gpus-per-node", "gpus_per_node", _number),
+    ("--cpus-per-task", "cpus_per_task", _number),
+    ("--mem-gb", "mem_gb", _number),
+    ("--time-min", "time_min", _number),
     ("--strategy", "strategy", str),
     ("--launcher", "launcher", str),
     ("--image", "image", str),
@@ -44,12 +55,26 @@ K8S_SCHEMAS_ENV = "STJOBS_K8S_SCHEMAS"
 
 
 def k8s_schemas(args: argparse.Namespace) -> str | None:
-    """Where the Kubeflow CRDs are: --k8s-schemas, else $STJOBS_K8S_SCHEMAS; only the k8s backend reads them."""
+    """Where the Kubeflow CRDs are: --k8s-schemas, else $STJOBS_K8S_SCHEMAS; only the k8s backend reads them.
+
+    A directory that is not there is refused: the strict check was asked for, and skipping it with a note in
+    the plan would pass a manifest nobody checked. (A directory without the one CRD a kind needs still only
+    notes the skip: holding just the Trainer's CRDs is a real setup.)"""
     if args.backend != "k8s":
         if args.k8s_schemas:
-            raise UsageFailure("--k8s-schemas goes with --backend k8s")
+            raise UsageFailure(f"--k8s-schemas: got {args.k8s_schemas!r} with --backend {args.backend}; expected "
+                               "--backend k8s (only Kubernetes manifests are checked against CRDs)")
         return None
-    return args.k8s_schemas or os.environ.get(K8S_SCHEMAS_ENV) or None
+    if args.k8s_schemas:
+        if not Path(args.k8s_schemas).is_dir():
+            raise UsageFailure(f"--k8s-schemas: got {args.k8s_schemas!r}; expected a directory holding the "
+                               "Kubeflow CRD files (it is not a directory)")
+        return str(args.k8s_schemas)
+    from_env = os.environ.get(K8S_SCHEMAS_ENV) or None
+    if from_env is not None and not Path(from_env).is_dir():
+        raise EnvError(K8S_SCHEMAS_ENV, from_env, "a directory holding the Kubeflow CRD files (it is not a "
+                       "directory; unset it to skip the schema check)")
+    return from_env
 
 
 def spec_from(args: argparse.Namespace) -> JobSpec:
@@ -62,9 +87,16 @@ def spec_from(args: argparse.Namespace) -> JobSpec:
 
 
 def cmd_render(args: argparse.Namespace) -> int:
-    spec = spec_from(args)
+    if args.dry_run and args.output is not None:
+        raise UsageFailure(f"--dry-run: got -o {args.output!r} as well; expected one of them: --dry-run prints the "
+                           "plan and writes nothing, -o DIR writes the files")
+    if args.dry_run and args.force:
+        raise UsageFailure("--force: got --force with --dry-run; expected -o DIR (--force replaces an output "
+                           "directory, and --dry-run writes none)")
     if args.output is None and not args.dry_run:
-        raise UsageFailure("render needs -o DIR to write the files, or --dry-run to only print the plan")
+        raise UsageFailure("--output: got nothing; expected -o DIR to write the files, or --dry-run to only print "
+                           "the plan")
+    spec = spec_from(args)
     if args.dry_run:
         print(api.render_job(spec, args.backend, k8s_schemas(args)).describe(), end="")
     else:
@@ -76,7 +108,8 @@ def cmd_render(args: argparse.Namespace) -> int:
 def cmd_submit(args: argparse.Namespace) -> int:
     options = {"sbatch": True} if args.sbatch else {}
     if args.sbatch and args.backend != "slurm":
-        raise UsageFailure("--sbatch goes with --backend slurm")
+        raise UsageFailure(f"--sbatch: got --sbatch with --backend {args.backend}; expected --backend slurm "
+                           "(--sbatch submits with plain sbatch)")
     record = api.submit(spec_from(args), args.backend, k8s_schemas(args), **options)
     print(f"submitted {record.job_id} ({args.backend}, {record.nodes} node(s) x {record.procs_per_node} "
           f"process(es)); files in {record.job_dir}", flush=True)
@@ -102,16 +135,17 @@ def cmd_status(args: argparse.Namespace) -> int:
     if args.json:
         for row in rows:
             print(json.dumps({"job_id": row.record.job_id, "backend": row.record.backend, "state": row.state.value,
-                              "exit_code": row.exit_code, "reason": row.reason}))
+                              "exit_code": row.exit_code, "requeues": row.requeues, "reason": row.reason}))
         return 0
     from rich.console import Console  # only the table needs rich
     from rich.table import Table
 
-    table = Table("job", "backend", "nodes x procs", "state", "exit", "reason", box=None)
+    table = Table("job", "backend", "nodes x procs", "state", "exit", "requeues", "reason", box=None)
     for row in rows:
         record = row.record
         table.add_row(record.job_id, record.backend, f"{record.nodes}x{record.procs_per_node}", row.state.value,
-                      "" if row.exit_code is None else str(row.exit_code), row.reason)
+                      "" if row.exit_code is None else str(row.exit_code), str(row.requeues) if row.requeues else "",
+                      row.reason)
     Console(width=200).print(table)
     if args.job_id:
         _warn_strategy(args.job_id)
@@ -155,7 +189,14 @@ def cmd_schema(args: argparse.Namespace) -> int:
 
 
 class UsageFailure(Exception):
-    pass
+    """A command's own flags do not fit together; printed as ``stjobs COMMAND: error: ...``, exit code 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        # argparse prints its whole usage block before the message: one line, with where to look, reads better
+        # and is what scripts that parse stderr can rely on.
+        self.exit(2, f"{self.prog}: error: {' '.join(message.split())} (see {self.prog} --help)\n")
 
 
 def _spec_arguments(parser: argparse.ArgumentParser, backend: bool = True) -> None:
@@ -274,7 +315,7 @@ COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None]]] = {
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     """The whole CLI, or with ``only`` just that command's parser: argparse spends about a millisecond on each
     subparser it builds (gettext lookups for its own messages); ``stjobs --help`` still lists them all."""
-    parser = argparse.ArgumentParser(prog="stjobs", description="Render and submit distributed "
+    parser = _Parser(prog="stjobs", description="Render and submit distributed "
                                      "sentence-transformers training jobs.")
     parser.add_argument("--version", action="version", version=f"stjobs {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -288,14 +329,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the exit code (the console script passes it to sys.exit)."""
     args_list = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser(args_list[0] if args_list and args_list[0] in COMMANDS else None)
-    args = parser.parse_args(args_list)  # exits 2 with argparse's own message on bad usage
+    try:
+        args, extra = parser.parse_known_args(args_list)
+    except SystemExit as done:  # --help, --version, or a one-line usage error already printed (_Parser.error)
+        return done.code if isinstance(done.code, int) else 2
+    if extra:
+        prog = f"stjobs {args.command}"
+        print(f"{prog}: error: arguments: got {' '.join(extra)!r}; expected only the options of {prog} (see {prog} "
+              "--help)", file=sys.stderr)
+        return 2
     try:
         code: int = args.run(args)
     except UsageFailure as error:
-        parser.exit(2, f"stjobs {args.command}: error: {error}\n")
+        print(f"stjobs {args.command}: error: {error}", file=sys.stderr)
+        return 2
     except StjobsError as error:
         print(f"stjobs: error: {error}", file=sys.stderr)
         return error.exit_code
+    except OSError as error:
+        # The machine refused (disk full, permission denied) somewhere stjobs has no better message for: the
+        # cause and the path, not a traceback.
+        where = f": {error.filename}" if error.filename else ""
+        print(f"stjobs: error: {error.strerror or error}{where}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 130
     return code

@@ -34,6 +34,23 @@ class Parser(Generic[T]):
         return SpecError(field, value, self.expected)
 
 
+def writable(value: str, field: str) -> str:
+    """``value`` if every backend can pass it on as written, else a SpecError.
+
+    A NUL can be in no argv, environment value or path (and bash refuses to run a script holding one); a lone
+    surrogate (YAML's "\\ud800" escape reads as one) has no UTF-8 form, so the rendered files could not be
+    written. Both are refused here, once for every string field, instead of failing later in bash or the kubelet.
+    """
+    if "\x00" in value:
+        raise SpecError(field, value, "text without NUL characters")
+    if not value.isascii():
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise SpecError(field, value, "text without lone surrogates (it must be valid UTF-8)") from None
+    return value
+
+
 class Integer(Parser[int]):
     def __init__(self, low: int, high: int, expected: str) -> None:
         self.low, self.high, self.expected = low, high, expected
@@ -71,7 +88,7 @@ class Text(Parser[str]):
             raise self.fail(field, value)
         if self.pattern is not None and not re.fullmatch(self.pattern, value):
             raise self.fail(field, value)
-        return value
+        return writable(value, field)
 
     def schema(self) -> dict[str, Any]:
         out: dict[str, Any] = {"type": "string", "minLength": 1, "maxLength": self.max_length}
@@ -136,7 +153,7 @@ class Words(Parser[tuple[str, ...]]):
             if isinstance(item, bool) or not isinstance(item, (str, int, float)):
                 raise SpecError(where, item, "a string or a number")
             text = item if isinstance(item, str) else str(item)
-            out.append(self.item.parse(text, where) if self.item is not None else text)
+            out.append(self.item.parse(text, where) if self.item is not None else writable(text, where))
         if self.unique and len(set(out)) != len(out):
             raise SpecError(field, list(value), "each entry once")
         return tuple(out)
@@ -161,7 +178,7 @@ class Table(Parser[dict[str, str]]):
             self.check_key(str(key), item, where)
             if isinstance(item, bool) or not isinstance(item, (str, int, float)):
                 raise SpecError(where, item, "a string or a number")
-            out[str(key)] = item if isinstance(item, str) else str(item)
+            out[str(key)] = writable(item, where) if isinstance(item, str) else str(item)
         return out
 
     def schema(self) -> dict[str, Any]:

@@ -16,10 +16,9 @@ from stjobs import __version__
 from stjobs.errors import SpecError, SubmitError
 from stjobs.plan import Plan, RenderedFile
 from stjobs.spec import JobSpec
-from stjobs.spec_image import CPU_BASE, GPU_BASE, CodeMode, Variant
+from stjobs.spec_image import CPU_BASE, GPU_BASE, IMAGE_WORKDIR, CodeMode, Variant
 from stjobs.templating import docker_quote, render_template
 
-IMAGE_WORKDIR = "/workspace"  # where the code is (copied or mounted); the k8s pods and SLURM containers start here
 CACHE_ROOT = "/cache"
 HF_HOME = f"{CACHE_ROOT}/huggingface"  # a volume: model downloads survive the container and stay out of layers
 VENV = "/opt/venv"

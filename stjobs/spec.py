@@ -36,6 +36,9 @@ NAME_PATTERN = r"[a-z]([a-z0-9-]{0,40}[a-z0-9])?"
 ENV_NAME_PATTERN = r"[A-Za-z_][A-Za-z0-9_]*"
 MODULE_PATTERN = r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*"
 SLURM_NAME = r"[\w.-]+"
+# A feature expression as sbatch reads it: names joined by & | , * : and grouped by [] or (). It is printed on an
+# #SBATCH line, which ends at a newline and which sbatch splits at spaces, quotes and '#': none of those can appear.
+CONSTRAINT_PATTERN = r"[A-Za-z0-9_.&|!*,:()\[\]@+-]+"
 # Mount paths end up inside double quotes next to run-time variables: no quote, '$' or space can appear.
 MOUNT_PATTERN = r"[A-Za-z0-9_./@+-]+:[A-Za-z0-9_./@+-]+(:[a-z]+)?"
 # Linux's default ip_local_port_range: a rendezvous port in here can be taken by any outgoing connection.
@@ -46,6 +49,15 @@ RESERVED_ENV = frozenset(
      "MASTER_PORT", "NODE_RANK"}
 )
 RESERVED_ENV_PREFIXES = ("STJOBS_", "TORCHELASTIC_", "PET_")
+# Names bash manages itself: the node script's `export NAME=value` fails on the read-only ones (UID, EUID, PPID,
+# SHELLOPTS, BASHOPTS) and the launcher would see bash's own value of the others (RANDOM, SECONDS, LINENO, PWD after
+# the script's cd, '_' as the launcher's path, SHLVL lowered by exec, ...). BASH* covers BASHPID, BASH_ARGV etc.
+SHELL_ENV = frozenset(
+    {"_", "UID", "EUID", "PPID", "SHELLOPTS", "RANDOM", "SRANDOM", "SECONDS", "LINENO", "EPOCHSECONDS",
+     "EPOCHREALTIME", "HISTCMD", "PWD", "OLDPWD", "FUNCNAME", "GROUPS", "DIRSTACK", "PIPESTATUS", "SHLVL", "OPTIND",
+     "OPTARG", "COMP_WORDS", "COMP_CWORD", "COMP_LINE", "COMP_POINT", "COMP_TYPE", "COMP_KEY", "COMPREPLY"}
+)
+SHELL_ENV_PREFIX = "BASH"
 # An env key that looks like a credential: its value would land in rendered files, so we refuse it.
 SECRET_LIKE = re.compile(r"(TOKEN|SECRET|PASSWORD|PASSWD|API_KEY|ACCESS_KEY|PRIVATE_KEY)", re.IGNORECASE)
 
@@ -90,6 +102,10 @@ class Entrypoint:
         elif values["module"] is not None and values["script"] is not None:
             raise SpecError("entrypoint", {"module": values["module"], "script": values["script"]},
                             "exactly one of entrypoint.module or entrypoint.script")
+        elif values["script"] is not None and values["script"].startswith("-"):
+            # python, torchrun and accelerate would all read it as one of their own options.
+            raise SpecError("entrypoint.script", values["script"], "a script path that does not start with '-' "
+                            f"(write ./{values['script']})")
 
 
 class NodeCount(Parser[Any]):
@@ -153,7 +169,9 @@ class SlurmOptions:
     partition: str | None = spec_field(Nullable(Text("a SLURM partition name", SLURM_NAME, 200)), None)
     account: str | None = spec_field(Nullable(Text("a SLURM account name", SLURM_NAME, 200)), None)
     qos: str | None = spec_field(Nullable(Text("a SLURM QOS name", SLURM_NAME, 200)), None)
-    constraint: str | None = spec_field(Nullable(Text("a SLURM feature expression, e.g. a100&ib")), None)
+    constraint: str | None = spec_field(Nullable(Text("a SLURM feature expression of letters, digits and "
+                                                      "._&|!*,:()[]@+- (no spaces), e.g. a100&ib",
+                                                      CONSTRAINT_PATTERN, 1000)), None)
     exclusive: bool = spec_field(Boolean(), False)
     extra_sbatch: tuple[str, ...] = spec_field(
         Words("a list of sbatch options, e.g. --mail-type=END",
@@ -195,6 +213,9 @@ def _check_env_name(key: str, value: Any, field: str) -> None:
     if key in RESERVED_ENV or key.startswith(RESERVED_ENV_PREFIXES):
         raise SpecError(field, key, "a name the launcher does not own (RANK, WORLD_SIZE, MASTER_*, STJOBS_*, "
                         "TORCHELASTIC_*, PET_* are set by stjobs and torchrun)")
+    if key in SHELL_ENV or key.startswith(SHELL_ENV_PREFIX):
+        raise SpecError(field, key, "a name bash does not manage itself (UID, PWD, RANDOM, SECONDS, SHLVL, '_', "
+                        "BASH*, ...: the launch script could not pass it on as written)")
     if SECRET_LIKE.search(key):
         raise SpecError(field, "<hidden>", f"no credential values in the spec: list {key} under secrets and "
                         "export it where you submit")
@@ -287,6 +308,11 @@ class JobSpec:
         clash = sorted(set(values["secrets"]) & set(values["env"]))
         if clash:
             raise SpecError(f"env.{clash[0]}", "<hidden>", "a name in env or in secrets, not both")
+        for index, secret in enumerate(values["secrets"]):
+            # A secret reaches the launcher through the node script's environment, where bash owns these names.
+            if secret in SHELL_ENV or secret.startswith(SHELL_ENV_PREFIX):
+                raise SpecError(f"secrets[{index}]", secret, "a name bash does not manage itself (not UID, PWD, "
+                                "RANDOM, SECONDS, SHLVL, '_', BASH*, ...)")
 
     @property
     def elastic(self) -> bool:

@@ -24,6 +24,7 @@ TORCH_VERSION = "2.13.0"
 DEFAULT_PACKAGES = (f"stjobs=={__version__}", "sentence-transformers==6.2.0", "transformers==5.24.0",
                     "accelerate==1.15.0", "datasets==5.2.0")
 GPU_BASE = "pytorch/pytorch:2.13.0-cuda13.0-cudnn9-runtime"  # the base Kubeflow's torch-distributed runtime uses
+IMAGE_WORKDIR = "/workspace"  # where the code is (copied or mounted); the k8s pods and SLURM containers start here
 CPU_BASE = "python:3.11-slim-bookworm"
 
 

@@ -77,8 +77,8 @@ def _block(lines: list[tuple[int, str]], i: int, indent: int) -> tuple[Any, int]
     out: dict[str, Any] = {}
     while i < len(lines) and lines[i][0] == indent:
         match = _KEY.match(lines[i][1])
-        if match is None or match.group(1) in _WORDS:
-            raise _Unsure
+        if match is None or match.group(1) in _WORDS or match.group(1) in out:
+            raise _Unsure  # a key given twice: PyYAML's loader (stjobs.config) reports where
         rest = lines[i][1][match.end():]
         i += 1
         if rest and not rest.startswith("#"):

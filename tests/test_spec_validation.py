@@ -1,4 +1,5 @@
-"""Bad input: every case exits 2 with one line naming the field (table-driven, through the real CLI)."""
+"""Bad spec fields: every case exits 2 with one line naming the field, the value and the expected form, and writes
+nothing (table-driven, through the real CLI). tests/test_hostile_input.py covers files, flags and environment."""
 
 from __future__ import annotations
 
@@ -17,51 +18,59 @@ from tests.conftest import offline_env, stjobs_bin
 
 GOOD: dict[str, Any] = {"name": "job", "entrypoint": {"module": "stjobs.train", "args": ["--max-steps", 3]}}
 
-# (id, spec fragment merged over GOOD (None deletes the key), field the message must name, words it must contain)
-BAD: list[tuple[str, dict[str, Any], str, str]] = [
-    ("missing-name", {"name": None}, "name", "required"),
-    ("name-uppercase", {"name": "MyJob"}, "name", "lowercase"),
-    ("name-underscore", {"name": "my_job"}, "name", "lowercase"),
-    ("name-too-long", {"name": "a" * 60}, "name", "at most 42"),
-    ("unknown-top-key", {"nodez": 2}, "nodez", "did you mean 'nodes'"),
-    ("unknown-nested-key", {"slurm": {"partiton": "gpu"}}, "slurm.partiton", "did you mean 'partition'"),
-    ("unknown-rdzv-key", {"rendezvous": {"timeout": 5}}, "rendezvous.timeout", "did you mean 'timeout_s'"),
-    ("nodes-zero", {"nodes": 0}, "nodes", "from 1 to 1024"),
-    ("nodes-text", {"nodes": "two"}, "nodes", "whole number"),
-    ("procs-negative", {"procs_per_node": -1}, "procs_per_node", "from 1 to 64"),
-    ("gpus-too-many", {"gpus_per_node": 99}, "gpus_per_node", "from 0 to 16"),
-    ("mem-negative", {"mem_gb": -4}, "mem_gb", "greater than 0"),
-    ("time-zero", {"time_min": 0}, "time_min", "whole minutes"),
-    ("strategy-unknown", {"strategy": "zero3"}, "strategy", "one of ddp, dp, fsdp, single"),
-    ("launcher-unknown", {"launcher": "mpirun"}, "launcher", "one of torchrun, accelerate"),
-    ("dp-multi-node", {"strategy": "dp", "nodes": 2}, "nodes", "DataParallel is single-node"),
+# (id, spec fragment merged over GOOD (None deletes the key), the field the message must name, the value as the
+# message shows it (repr), words of the expected form). tests/test_hostile_input.py holds the CLI, --set, file
+# and environment cases.
+BAD: list[tuple[str, dict[str, Any], str, str, str]] = [
+    ("missing-name", {"name": None}, "name", "None", "required"),
+    ("name-uppercase", {"name": "MyJob"}, "name", "'MyJob'", "lowercase"),
+    ("name-underscore", {"name": "my_job"}, "name", "'my_job'", "lowercase"),
+    ("name-too-long", {"name": "a" * 60}, "name", "'" + "a" * 60 + "'", "at most 42"),
+    ("unknown-top-key", {"nodez": 2}, "nodez", "2", "did you mean 'nodes'"),
+    ("unknown-nested-key", {"slurm": {"partiton": "gpu"}}, "slurm.partiton", "'gpu'", "did you mean 'partition'"),
+    ("unknown-rdzv-key", {"rendezvous": {"timeout": 5}}, "rendezvous.timeout", "5", "did you mean 'timeout_s'"),
+    ("nodes-zero", {"nodes": 0}, "nodes", "0", "from 1 to 1024"),
+    ("nodes-text", {"nodes": "two"}, "nodes", "'two'", "whole number"),
+    ("procs-negative", {"procs_per_node": -1}, "procs_per_node", "-1", "from 1 to 64"),
+    ("gpus-too-many", {"gpus_per_node": 99}, "gpus_per_node", "99", "from 0 to 16"),
+    ("mem-negative", {"mem_gb": -4}, "mem_gb", "-4", "greater than 0"),
+    ("time-zero", {"time_min": 0}, "time_min", "0", "whole minutes"),
+    ("strategy-unknown", {"strategy": "zero3"}, "strategy", "'zero3'", "one of ddp, dp, fsdp, single"),
+    ("launcher-unknown", {"launcher": "mpirun"}, "launcher", "'mpirun'", "one of torchrun, accelerate"),
+    ("dp-multi-node", {"strategy": "dp", "nodes": 2}, "nodes", "2", "DataParallel is single-node"),
     ("fsdp-with-evaluator", {"strategy": "fsdp", "entrypoint": {"module": "stjobs.train", "args": [
         "--model", "m", "--train-data", "t.jsonl", "--eval-data", "e.jsonl"]}}, "entrypoint.args",
-     "no evaluator with strategy fsdp"),
-    ("dp-many-procs", {"strategy": "dp", "procs_per_node": 2}, "procs_per_node", "one process drives"),
-    ("single-many-procs", {"strategy": "single", "procs_per_node": 2}, "strategy", "procs_per_node: 1"),
-    ("gpus-procs-mismatch", {"gpus_per_node": 4, "procs_per_node": 2}, "procs_per_node", "one process per GPU"),
-    ("accelerate-dp", {"launcher": "accelerate", "strategy": "dp"}, "launcher", "no DataParallel"),
-    ("cpus-below-procs", {"procs_per_node": 4, "cpus_per_task": 2}, "cpus_per_task", "one CPU per process"),
-    ("entry-both", {"entrypoint": {"module": "a", "script": "b.py"}}, "entrypoint", "exactly one"),
-    ("entry-bad-module", {"entrypoint": {"module": "not a module"}}, "entrypoint.module", "dotted Python module"),
-    ("entry-arg-mapping", {"entrypoint": {"module": "m", "args": [{"a": 1}]}}, "entrypoint.args[0]", "string"),
-    ("env-bad-name", {"env": {"1FOO": "x"}}, "env.1FOO", "variable name"),
-    ("env-reserved", {"env": {"WORLD_SIZE": "8"}}, "env.WORLD_SIZE", "launcher does not own"),
-    ("env-secret-value", {"env": {"HF_TOKEN": "hf_abc"}}, "env.HF_TOKEN", "list HF_TOKEN under secrets"),
-    ("env-list-value", {"env": {"FOO": [1, 2]}}, "env.FOO", "a string or a number"),
-    ("secret-bad-name", {"secrets": ["my-token"]}, "secrets[0]", "environment variable name"),
-    ("secret-in-env", {"secrets": ["FOO"], "env": {"FOO": "1"}}, "env.FOO", "not both"),
-    ("port-low", {"rendezvous": {"port": 80}}, "rendezvous.port", "1024 to 65535"),
-    ("port-ephemeral", {"rendezvous": {"port": 40000}}, "rendezvous.port", "ephemeral"),
-    ("range-ephemeral", {"rendezvous": {"port_range": "30000-40000"}}, "rendezvous.port_range", "32768-60999"),
-    ("range-reversed", {"rendezvous": {"port_range": [29999, 29500]}}, "rendezvous.port_range", "low < high"),
-    ("rdzv-timeout", {"rendezvous": {"timeout_s": 1}}, "rendezvous.timeout_s", "10 to 86400"),
-    ("restarts-many", {"max_restarts": 1000}, "max_restarts", "0 to 100"),
-    ("image-space", {"image": "my image"}, "image", "container image reference"),
-    ("partition-shell", {"slurm": {"partition": "gpu; rm -rf /"}}, "slurm.partition", "partition name"),
-    ("namespace-upper", {"k8s": {"namespace": "Prod"}}, "k8s.namespace", "DNS-1123"),
-    ("exclusive-text", {"slurm": {"exclusive": "sometimes"}}, "slurm.exclusive", "true or false"),
+     "'--eval-data'", "no evaluator with strategy fsdp"),
+    ("dp-many-procs", {"strategy": "dp", "procs_per_node": 2}, "procs_per_node", "2", "one process drives"),
+    ("single-many-procs", {"strategy": "single", "procs_per_node": 2}, "strategy", "'single'", "procs_per_node: 1"),
+    ("gpus-procs-mismatch", {"gpus_per_node": 4, "procs_per_node": 2}, "procs_per_node", "2", "one process per GPU"),
+    ("accelerate-dp", {"launcher": "accelerate", "strategy": "dp"}, "launcher", "'accelerate'", "no DataParallel"),
+    ("cpus-below-procs", {"procs_per_node": 4, "cpus_per_task": 2}, "cpus_per_task", "2", "one CPU per process"),
+    ("entry-both", {"entrypoint": {"module": "a", "script": "b.py"}}, "entrypoint",
+     "{'module': 'a', 'script': 'b.py'}", "exactly one"),
+    ("entry-bad-module", {"entrypoint": {"module": "not a module"}}, "entrypoint.module", "'not a module'",
+     "dotted Python module"),
+    ("entry-arg-mapping", {"entrypoint": {"module": "m", "args": [{"a": 1}]}}, "entrypoint.args[0]", "{'a': 1}",
+     "string"),
+    ("env-bad-name", {"env": {"1FOO": "x"}}, "env.1FOO", "'1FOO'", "variable name"),
+    ("env-reserved", {"env": {"WORLD_SIZE": "8"}}, "env.WORLD_SIZE", "'WORLD_SIZE'", "launcher does not own"),
+    ("env-secret-value", {"env": {"HF_TOKEN": "hf_abc"}}, "env.HF_TOKEN", "'<hidden>'", "list HF_TOKEN under secrets"),
+    ("env-list-value", {"env": {"FOO": [1, 2]}}, "env.FOO", "[1, 2]", "a string or a number"),
+    ("secret-bad-name", {"secrets": ["my-token"]}, "secrets[0]", "'my-token'", "environment variable name"),
+    ("secret-in-env", {"secrets": ["FOO"], "env": {"FOO": "1"}}, "env.FOO", "'<hidden>'", "not both"),
+    ("port-low", {"rendezvous": {"port": 80}}, "rendezvous.port", "80", "1024 to 65535"),
+    ("port-ephemeral", {"rendezvous": {"port": 40000}}, "rendezvous.port", "40000", "ephemeral"),
+    ("range-ephemeral", {"rendezvous": {"port_range": "30000-40000"}}, "rendezvous.port_range", "[30000, 40000]",
+     "32768-60999"),
+    ("range-reversed", {"rendezvous": {"port_range": [29999, 29500]}}, "rendezvous.port_range", "[29999, 29500]",
+     "low < high"),
+    ("rdzv-timeout", {"rendezvous": {"timeout_s": 1}}, "rendezvous.timeout_s", "1", "10 to 86400"),
+    ("restarts-many", {"max_restarts": 1000}, "max_restarts", "1000", "0 to 100"),
+    ("image-space", {"image": "my image"}, "image", "'my image'", "container image reference"),
+    ("partition-shell", {"slurm": {"partition": "gpu; rm -rf /"}}, "slurm.partition", "'gpu; rm -rf /'",
+     "partition name"),
+    ("namespace-upper", {"k8s": {"namespace": "Prod"}}, "k8s.namespace", "'Prod'", "DNS-1123"),
+    ("exclusive-text", {"slurm": {"exclusive": "sometimes"}}, "slurm.exclusive", "'sometimes'", "true or false"),
 ]
 
 
@@ -76,22 +85,25 @@ def merged(fragment: dict[str, Any]) -> dict[str, Any]:
 
 
 def test_table_is_large_enough() -> None:
-    assert len(BAD) >= 25
+    assert len(BAD) >= 40
 
 
-@pytest.mark.parametrize("case,fragment,field,words", BAD, ids=[row[0] for row in BAD])
-def test_bad_spec_exits_2_naming_the_field(case: str, fragment: dict[str, Any], field: str, words: str,
-                                          tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.parametrize("case,fragment,field,value,words", BAD, ids=[row[0] for row in BAD])
+def test_bad_spec_exits_2_naming_field_value_and_form(case: str, fragment: dict[str, Any], field: str, value: str,
+                                                      words: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
     spec_path = tmp_path / "job.yaml"
     spec_path.write_text(yaml.safe_dump(merged(fragment)))
+    monkeypatch.chdir(tmp_path)  # a relative write (a stray log, a default ./images) would show up here too
     out_dir = tmp_path / "out"
     assert main(["render", str(spec_path), "-o", str(out_dir)]) == 2
-    err = capsys.readouterr().err
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert len(lines) == 1, err  # one line, no traceback
-    assert lines[0].startswith(f"stjobs: error: {field}: got "), lines[0]
-    assert words in lines[0], lines[0]
-    assert not out_dir.exists(), "a rejected spec must not leave output behind"
+    captured = capsys.readouterr()
+    lines = [line for line in captured.err.splitlines() if line.strip()]
+    assert len(lines) == 1, captured.err  # one line, no traceback
+    assert lines[0].startswith(f"stjobs: error: {field}: got {value}; expected "), lines[0]
+    assert words in lines[0].partition("; expected ")[2], lines[0]
+    assert captured.out == ""
+    assert [path.name for path in tmp_path.iterdir()] == ["job.yaml"], "a rejected spec must not leave output behind"
 
 
 def test_secret_value_is_never_echoed(capsys: pytest.CaptureFixture[str]) -> None:

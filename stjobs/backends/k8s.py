@@ -22,7 +22,7 @@ from stjobs.errors import SpecError
 from stjobs.launch import build_launch
 from stjobs.plan import Plan, RenderedFile
 from stjobs.spec import JobSpec
-from stjobs.spec_image import CodeMode
+from stjobs.spec_image import IMAGE_WORKDIR, CodeMode
 from stjobs.spec_k8s import K8sOptions, Kind, Scheduler
 
 if TYPE_CHECKING:
@@ -37,6 +37,10 @@ def render(spec: JobSpec, schemas_dir: Path | None = None) -> Plan:
         raise SpecError("image", None, "a container image for the k8s backend (e.g. ghcr.io/org/train:1.0)")
     if spec.k8s.kind is Kind.trainjob:
         _refuse_for_trainjob(spec)
+    elif spec.workdir not in (".", "./") and not spec.workdir.startswith("/"):
+        # A pod starts in its image's WORKDIR and the launch runs without a shell: nothing could `cd` there.
+        raise SpecError("workdir", spec.workdir, "an absolute path in the image for the k8s backend (a pod starts "
+                        "in the image's WORKDIR), or . for that directory")
     mount = spec.k8s.pvc_mount_path.rstrip("/") + "/"
     if spec.build.code is CodeMode.mount and not (spec.k8s.pvc and spec.workdir.startswith(mount)):
         # A pod has no submit directory to bind: mounted code can only come from the PVC.
@@ -73,6 +77,9 @@ def _refuse_for_trainjob(spec: JobSpec) -> None:
     if k8s.scheduler in (Scheduler.volcano, Scheduler.scheduler_plugins):
         raise SpecError("k8s.scheduler", k8s.scheduler.value, "default or kueue with k8s.kind: trainjob (gang "
                         "scheduling there comes from the runtime's podGroupPolicy)")
+    if spec.workdir.rstrip("/") not in (".", IMAGE_WORKDIR):
+        raise SpecError("workdir", spec.workdir, f". or {IMAGE_WORKDIR} (stjobs images' WORKDIR) with k8s.kind: "
+                        "trainjob (a TrainJob's trainer has no working-directory field; set WORKDIR in the image)")
     # Each of these differs from its default only when the user set it.
     for field in ("priority_class", "ttl_after_finished_s", "restart_policy", "clean_pod_policy", "backoff_limit"):
         value = getattr(k8s, field)
