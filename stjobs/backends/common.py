@@ -22,10 +22,22 @@ def node_script(spec: JobSpec, launch: LaunchPlan) -> RenderedFile:
         descriptions=RUNTIME_VARS,
         secrets=launch.secrets,
         env=launch.env,
-        workdir=spec.workdir,
+        workdir=cd_target(spec.workdir),
         argv=launch.argv,
     )
     return RenderedFile(NODE_SCRIPT, text, executable=True)
+
+
+def cd_target(workdir: str) -> str:
+    """The word the node script passes to ``cd`` for ``workdir``.
+
+    A relative path goes out as ``./path``: bash's ``cd`` takes a leading '-' for an option (and a bare '-' for
+    $OLDPWD), and looks a plain relative name up in $CDPATH first, which sbatch and the local supervisor pass on
+    from the submitting shell. Paths that start with '/', '.' or '..' as a component are left as written.
+    """
+    if workdir in (".", "..") or workdir.startswith(("/", "./", "../")):
+        return workdir
+    return "./" + workdir
 
 
 def spec_file(spec: JobSpec) -> RenderedFile:

@@ -160,9 +160,16 @@ def _batch_options(p: argparse.ArgumentParser) -> None:
                    help="in-batch negatives from all processes (MultipleNegativesRankingLoss family)")
 
 
+class _QuietParser(argparse.ArgumentParser):
+    # Python 3.11's argparse exits on some errors (an ambiguous abbreviation such as --g) even with
+    # exit_on_error=False: raise instead, so reading a plan's batch options never ends the process.
+    def error(self, message: str) -> NoReturn:
+        raise argparse.ArgumentError(None, message)
+
+
 def batch_options(argv: Sequence[str]) -> argparse.Namespace | None:
     """The batch options of a training command line, read as the training will read them; None if invalid."""
-    parser = argparse.ArgumentParser(add_help=False, exit_on_error=False)
+    parser = _QuietParser(add_help=False, exit_on_error=False)
     _batch_options(parser)
     try:
         return parser.parse_known_args(list(argv))[0]
