@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from stjobs.backends import backend_module
 from stjobs.errors import StjobsError, UsageError
-from stjobs.plan import write_plan
+from stjobs.plan import no_world_write, write_plan
 from stjobs.spec import Strategy
 from stjobs.train.args import DEFAULT_PER_DEVICE_BATCH_SIZE, batch_options
 
@@ -79,14 +79,38 @@ def render_to(spec: JobSpec, out_dir: str | Path, backend: str = "local", force:
 
 
 def submit(spec: JobSpec, backend: str = "local", k8s_schemas: str | Path | None = None, **options: Any) -> JobRecord:
-    return backend_module(backend).submit(render(spec, backend, k8s_schemas), **options)
+    """Render, check what needs this machine, then hand the plan to the backend. Every refusal comes before the
+    job directory exists; the backend (and the job it starts) writes under a umask without world write."""
+    from stjobs.jobs import prepare_jobs_root
+
+    module = backend_module(backend)
+    plan = render(spec, backend, k8s_schemas)
+    if backend in ("local", "slurm"):  # both hand the job the submitting environment; k8s uses a Secret
+        from stjobs import preflight
+
+        preflight.check_secrets(spec)
+        if backend == "local":
+            preflight.check_local(spec, options.get("cwd"))
+    with no_world_write():
+        prepare_jobs_root()
+        return module.submit(plan, **options)
 
 
 def status(job_id: str | None = None) -> list[JobStatus]:
     from stjobs.jobs import list_records, load_record  # job control only: keeps `render` light
 
     records = [load_record(job_id)] if job_id else list_records()
-    return [backend_module(record.backend).status(record) for record in records]
+    return [_status_of(record) for record in records]
+
+
+def _status_of(record: JobRecord) -> JobStatus:
+    from stjobs.jobs import JobStatus, State
+
+    try:
+        return backend_module(record.backend).status(record)
+    except StjobsError as error:
+        # One unreachable scheduler (slurmctld down, no cluster credentials) must not hide the other jobs.
+        return JobStatus(record, State.UNKNOWN, reason=str(error))
 
 
 def job_status(job_id: str) -> JobStatus:

@@ -6,6 +6,7 @@ files, ``job.json`` (this record) and whatever the backend writes there (logs, e
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
@@ -14,7 +15,7 @@ from dataclasses import asdict, dataclass, field
 from enum import Enum
 from pathlib import Path
 
-from stjobs.errors import UsageError
+from stjobs.errors import EnvError, UsageError
 
 
 class State(str, Enum):
@@ -24,10 +25,11 @@ class State(str, Enum):
     FAILED = "FAILED"
     CANCELLED = "CANCELLED"
     LOST = "LOST"  # the process that watched the job vanished without writing an outcome
+    UNKNOWN = "UNKNOWN"  # the scheduler could not be asked just now (e.g. slurmctld down); ask again later
 
     @property
     def finished(self) -> bool:
-        return self not in (State.PENDING, State.RUNNING)
+        return self not in (State.PENDING, State.RUNNING, State.UNKNOWN)
 
 
 @dataclass(frozen=True)
@@ -53,6 +55,7 @@ class JobStatus:
     state: State
     exit_code: int | None = None
     reason: str = ""
+    requeues: int = 0  # how often the scheduler requeued the job (preemption, time limit, a failed node)
 
 
 def stjobs_home() -> Path:
@@ -63,6 +66,27 @@ def jobs_root() -> Path:
     return stjobs_home() / "jobs"
 
 
+def _check_home() -> None:
+    home = stjobs_home()
+    if home.exists() and not home.is_dir():
+        raise EnvError("STJOBS_HOME", str(home), "a directory for stjobs' job records (it exists and is not one)")
+
+
+def prepare_jobs_root() -> Path:
+    """The jobs directory, made private (0o700) when stjobs creates it: job directories hold the rendered
+    scripts a job runs and its logs, which are the owner's alone. Called before anything is submitted, so a
+    bad STJOBS_HOME fails with one line and leaves nothing behind."""
+    _check_home()
+    home, root = stjobs_home(), jobs_root()
+    try:
+        home.mkdir(mode=0o700, parents=True, exist_ok=True)
+        root.mkdir(mode=0o700, exist_ok=True)
+    except OSError as error:
+        raise EnvError("STJOBS_HOME", str(home), f"a directory stjobs can keep job records in ({error.strerror}: "
+                       f"{error.filename})") from None
+    return root
+
+
 def new_job_id(name: str) -> str:
     # Ids are made at submission, never in a renderer: the rendered files stay byte-identical.
     import secrets
@@ -71,6 +95,7 @@ def new_job_id(name: str) -> str:
 
 
 def load_record(job_id: str) -> JobRecord:
+    _check_home()
     path = jobs_root() / job_id / "job.json"
     if not path.is_file():
         matches = sorted(p.name for p in jobs_root().glob(f"{job_id}*") if (p / "job.json").is_file())
@@ -79,7 +104,8 @@ def load_record(job_id: str) -> JobRecord:
         elif matches:
             raise UsageError(f"job: {job_id!r} matches several jobs ({', '.join(matches[:5])}); give more of the id")
         else:
-            raise UsageError(f"job: no job {job_id!r} under {jobs_root()}; `stjobs status` lists them")
+            raise UsageError(f"job: got {job_id!r}; expected the id of a job under {jobs_root()} (`stjobs status` "
+                             "lists them)")
     return load_record_at(path.parent)
 
 
@@ -89,6 +115,7 @@ def load_record_at(job_dir: Path) -> JobRecord:
 
 
 def list_records() -> list[JobRecord]:
+    _check_home()
     root = jobs_root()
     if not root.is_dir():
         return []
@@ -104,7 +131,13 @@ def list_records() -> list[JobRecord]:
 def write_json(path: Path, data: object) -> None:
     # Written whole and renamed, so a reader never sees half a file.
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    # At most 0o644 (a stricter umask still applies): a record or status that others could rewrite would make
+    # `stjobs status` lie. A tmp left by a crash is removed first, as O_CREAT would keep its old mode.
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(tmp)
+    handle = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    with os.fdopen(handle, "w", encoding="utf-8") as stream:
+        stream.write(json.dumps(data, indent=2, sort_keys=True) + "\n")
     os.replace(tmp, path)
 
 

@@ -5,10 +5,12 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from stjobs.errors import RenderError
+from stjobs.errors import OutputError
 from stjobs.launch import LaunchPlan, shell_line
 from stjobs.spec import JobSpec
 
@@ -56,22 +58,54 @@ class Plan:
         return "\n".join(lines) + "\n"
 
 
-def write_plan(plan: Plan, out_dir: str | Path, overwrite: bool = False) -> Path:
-    """Write every file or none: they go to a temporary sibling directory that is renamed into place."""
+@contextmanager
+def no_world_write() -> Iterator[None]:
+    """Nothing made inside (by stjobs or by a process started here, such as a job's supervisor, which inherits
+    it) gets the world-write bit, whatever the caller's umask: a world-writable launch script or job directory
+    lets any local user run code as the job's owner. Only o+w is added to the mask, so a group-shared setup
+    (umask 002) keeps its group write. The umask is per process: callers are the single-threaded CLI or API."""
+    old = os.umask(0o022)  # reading the umask means setting it: never to something looser in between
+    os.umask(old | 0o002)
+    try:
+        yield
+    finally:
+        os.umask(old)
+
+
+def write_plan(plan: Plan, out_dir: str | Path, overwrite: bool = False, dir_mode: int = 0o755) -> Path:
+    """Write every file or none: they go to a temporary sibling directory that is renamed into place.
+
+    Files get 0o644 (0o755 when executable) and directories ``dir_mode``, never the umask's choice."""
     target = Path(out_dir)
     if target.exists() and not target.is_dir():
-        raise RenderError(f"output: {target} exists and is not a directory")
+        raise OutputError("output", str(target), "a directory (it exists and is not one)")
     if target.exists() and any(target.iterdir()) and not overwrite:
-        raise RenderError(f"output: {target} is not empty; pass --force to replace it")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+        raise OutputError("output", str(target), "a new or empty directory (it is not empty; pass --force to "
+                          "replace it)")
+    with no_world_write():
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+        except OSError as error:
+            raise OutputError("output", str(target), f"a directory stjobs can create ({error.strerror}: "
+                              f"{error.filename})") from None
+        _fill(staging, plan, target, dir_mode)
+    return target
+
+
+def _fill(staging: Path, plan: Plan, target: Path, dir_mode: int) -> None:
+    made: set[Path] = set()
     try:
         for item in plan.files:
             path = staging / item.path
-            path.parent.mkdir(parents=True, exist_ok=True)
+            for parent in reversed(path.relative_to(staging).parents[:-1]):  # e.g. images/, outermost first
+                if parent not in made:
+                    (staging / parent).mkdir(exist_ok=True)
+                    os.chmod(staging / parent, 0o755)
+                    made.add(parent)
             path.write_text(item.content, encoding="utf-8")
             os.chmod(path, 0o755 if item.executable else 0o644)
-        os.chmod(staging, 0o755)
+        os.chmod(staging, dir_mode)
         if target.exists():
             backup = Path(tempfile.mkdtemp(prefix=f".{target.name}.old.", dir=target.parent))
             os.rename(target, backup / "old")
@@ -82,4 +116,3 @@ def write_plan(plan: Plan, out_dir: str | Path, overwrite: bool = False) -> Path
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    return target

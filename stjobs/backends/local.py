@@ -56,7 +56,7 @@ def submit(plan: Plan, cwd: str | Path | None = None) -> JobRecord:
     spec = plan.spec
     job_id = new_job_id(plan.job_name)
     job_dir = jobs_root() / job_id
-    write_plan(plan, job_dir)
+    write_plan(plan, job_dir, dir_mode=0o700)  # the job's scripts and logs are the owner's alone
     workdir = Path(cwd or os.getcwd()).resolve()
     details: dict[str, object] = {
         "cwd": str(workdir),
@@ -68,14 +68,21 @@ def submit(plan: Plan, cwd: str | Path | None = None) -> JobRecord:
                        submitted_at=time.time(), nodes=spec.nodes, procs_per_node=spec.procs_per_node,
                        details=details)
     record.save()
-    with open(job_dir / SUPERVISOR_LOG, "ab") as log:
+    with os.fdopen(private_file(job_dir / SUPERVISOR_LOG), "ab") as log:
         # A new session: the job outlives this command and a Ctrl-C in the user's terminal.
         process = subprocess.Popen(
             [sys.executable, "-m", "stjobs.backends.local_run", str(job_dir)],
             cwd=workdir, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         )
-    (job_dir / "supervisor.pid").write_text(f"{process.pid}\n", encoding="utf-8")
+    with os.fdopen(private_file(job_dir / "supervisor.pid"), "w", encoding="utf-8") as pid_file:
+        pid_file.write(f"{process.pid}\n")
     return record
+
+
+def private_file(path: Path) -> int:
+    """A descriptor for appending to ``path``, created 0o644 at most whatever the umask: nobody else may
+    rewrite a job's logs or the pid that `cancel` signals."""
+    return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
 
 
 def free_port(port_range: tuple[int, int], job_id: str) -> int:

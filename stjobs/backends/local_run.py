@@ -42,6 +42,9 @@ def node_env(job_dir: Path, job_id: str, node: int, nodes: int, details: dict[st
 
 
 def supervise(job_dir: Path) -> int:
+    # Whoever started this supervisor, nothing the job writes (torchrun's logs, checkpoints) is world-writable;
+    # group write stays as the caller's umask has it.
+    os.umask(os.umask(0o022) | 0o002)
     record = load_record_at(job_dir)
     started = time.time()
     status_path = job_dir / STATUS_FILE
@@ -56,7 +59,9 @@ def supervise(job_dir: Path) -> int:
     signal.signal(signal.SIGTERM, on_cancel)
     signal.signal(signal.SIGINT, on_cancel)
 
-    output = open(job_dir / OUTPUT_LOG, "ab", buffering=0)  # noqa: SIM115 - held by the children until the end
+    # Held by the children until the end; 0o644 at most, like everything the job writes (see the umask).
+    output = os.fdopen(os.open(job_dir / OUTPUT_LOG, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644), "ab",
+                       buffering=0)
     nodes: list[subprocess.Popen[bytes]] = []
     for node in range(record.nodes):
         nodes.append(subprocess.Popen(
