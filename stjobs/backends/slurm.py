@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from stjobs.backends.common import NODE_SCRIPT, launch_files, node_script, refuse_elastic, spec_file
+from stjobs.backends.slurm_task import OUT_OF_REQUEUES_EXIT
 from stjobs.launch import Arg, Ref, build_launch
 from stjobs.plan import Plan, RenderedFile
 from stjobs.spec import Container, JobSpec
@@ -137,7 +138,8 @@ def render(spec: JobSpec) -> Plan:
         "sbatch.sh.j2", name=spec.name, nodes=spec.nodes, procs_per_node=spec.procs_per_node,
         sbatch_file=SBATCH_FILE, sbatch_options=options, node_script=NODE_SCRIPT, job_setup=job_setup(spec),
         user_setup=spec.slurm.setup, signal_lead_s=spec.slurm.signal_lead_s,
-        max_requeues=spec.slurm.max_requeues, srun=["srun", *srun_options(spec), *node_command(spec)],
+        max_requeues=spec.slurm.max_requeues, out_of_requeues_exit=OUT_OF_REQUEUES_EXIT,
+        srun=["srun", *srun_options(spec), *node_command(spec)],
     )
     files = (RenderedFile(SBATCH_FILE, batch, executable=True), node_script(spec, launch), spec_file(spec),
              *launch_files(launch))

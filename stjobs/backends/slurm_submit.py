@@ -43,7 +43,8 @@ def submit(plan: Plan, sbatch: bool = False, cwd: str | Path | None = None, exec
         raise
     record = JobRecord(job_id=job_id, backend=slurm.NAME, name=plan.job_name, job_dir=str(job_dir),
                        submitted_at=time.time(), nodes=plan.spec.nodes, procs_per_node=plan.spec.procs_per_node,
-                       details={"slurm_job_id": slurm_id, "cwd": str(workdir), **details})
+                       details={"slurm_job_id": slurm_id, "cwd": str(workdir),
+                                "max_requeues": plan.spec.slurm.max_requeues, **details})
     record.save()
     return record
 

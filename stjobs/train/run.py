@@ -41,7 +41,8 @@ from stjobs.train import events
 from stjobs.train.args import DEFAULT_PER_DEVICE_BATCH_SIZE, TrainConfig, TrainConfigError, parse_config
 
 CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
-# Written by the Trainer after the weights, optimizer and scheduler: its presence marks a complete checkpoint.
+# Written by the Trainer last, after the weights, optimizer, scheduler and RNG states: a checkpoint is complete when
+# this file parses and names the checkpoint's own step. A process killed while saving leaves it missing or cut off.
 CHECKPOINT_COMPLETE_MARKER = "trainer_state.json"
 EVAL_BATCH_SIZE = 32
 # What torchrun tells each worker about its place in the world.
@@ -66,8 +67,9 @@ class Preemption:
             self.signum = signum
 
 
-def newest_checkpoint(folder: Path) -> Path | None:
-    """The highest-step ``checkpoint-N`` in ``folder`` that was written completely, or None."""
+def newest_checkpoint(folder: Path, torn: list[tuple[Path, str]] | None = None) -> Path | None:
+    """The highest-step ``checkpoint-N`` in ``folder`` that was written completely, or None. Incomplete ones
+    (a process died while writing them) are skipped and, when ``torn`` is given, listed there with the reason."""
     if not folder.is_dir():
         return None
     found = []
@@ -75,9 +77,29 @@ def newest_checkpoint(folder: Path) -> Path | None:
         match = CHECKPOINT_RE.match(child.name)
         if match and child.is_dir():
             found.append((int(match.group(1)), child))
-    for _step, child in sorted(found, reverse=True):
-        if (child / CHECKPOINT_COMPLETE_MARKER).is_file():
+    for step, child in sorted(found, reverse=True):
+        why = checkpoint_problem(child, step)
+        if why is None:
             return child
+        if torn is not None:
+            torn.append((child, why))
+    return None
+
+
+def checkpoint_problem(path: Path, step: int) -> str | None:
+    """Why ``path`` cannot be resumed from, or None when it is complete."""
+    import json
+
+    marker = path / CHECKPOINT_COMPLETE_MARKER
+    try:
+        state = json.loads(marker.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return f"no {CHECKPOINT_COMPLETE_MARKER} (the save did not finish)"
+    except (OSError, ValueError) as error:
+        return f"{CHECKPOINT_COMPLETE_MARKER} is unreadable ({type(error).__name__}; cut off while written?)"
+    named = state.get("global_step") if isinstance(state, dict) else None
+    if named != step:
+        return f"{CHECKPOINT_COMPLETE_MARKER} names step {named}, not {step}"
     return None
 
 
@@ -362,9 +384,14 @@ def _fit(config: TrainConfig, source: str, model: Any, train_table: Any, loss: A
     callback.trainer = trainer
     trainer.remove_callback(PrinterCallback)  # it would print every log dict again next to the loss events
 
-    checkpoint = newest_checkpoint(config.checkpoint_dir) if config.resume else None
+    torn: list[tuple[Path, str]] = []
+    checkpoint = newest_checkpoint(config.checkpoint_dir, torn) if config.resume else None
+    for path, why in torn:
+        if rank == 0:
+            events.emit("checkpoint_skipped", rank=rank, checkpoint=str(path.resolve()), reason=why)
     if checkpoint is not None:
-        events.emit("resumed", rank=rank, checkpoint=str(checkpoint.resolve()))
+        step = int(CHECKPOINT_RE.match(checkpoint.name).group(1))  # type: ignore[union-attr]
+        events.emit("resumed", rank=rank, checkpoint=str(checkpoint.resolve()), step=step)
     trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
 
     if callback.preempted_at is not None:
@@ -400,6 +427,6 @@ def _fit(config: TrainConfig, source: str, model: Any, train_table: Any, loss: A
         events.emit("saved", rank=rank, path=final)
         print(events.summary(steps, runtime, throughput, global_batch, callback.metric, callback.scores, final),
               flush=True)
-        events.emit("done", rank=rank)
+        events.emit("done", rank=rank, global_step=trainer.state.global_step)
     return 0
 

@@ -10,6 +10,7 @@ import dataclasses
 import json
 import math
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -255,13 +256,20 @@ def test_summary_lines() -> None:
 
 def test_newest_checkpoint_skips_incomplete(tmp_path: Path) -> None:
     assert newest_checkpoint(tmp_path / "nothing") is None
-    for step, complete in [(20, True), (100, True), (120, False)]:
+    # (step, trainer_state.json): whole, never written, cut off mid-write, or copied from another step.
+    for step, state in [(20, '{"global_step": 20}'), (100, '{"global_step": 100, "log_history": []}'),
+                        (120, None), (130, '{"global_step": 130, "log_hist'), (140, '{"global_step": 100}')]:
         (tmp_path / f"checkpoint-{step}").mkdir()
-        if complete:
-            (tmp_path / f"checkpoint-{step}" / "trainer_state.json").write_text("{}")
+        if state is not None:
+            (tmp_path / f"checkpoint-{step}" / "trainer_state.json").write_text(state)
     (tmp_path / "checkpoint-latest").mkdir()
     (tmp_path / "eval").mkdir()
-    assert newest_checkpoint(tmp_path) == tmp_path / "checkpoint-100"
+    torn: list[tuple[Path, str]] = []
+    assert newest_checkpoint(tmp_path, torn) == tmp_path / "checkpoint-100"
+    assert [(path.name, why.split(" (")[0]) for path, why in torn] == [
+        ("checkpoint-140", "trainer_state.json names step 100, not 140"),
+        ("checkpoint-130", "trainer_state.json is unreadable"),
+        ("checkpoint-120", "no trainer_state.json")]
 
 
 def test_preemption_signal_only_sets_a_flag(restore_signals: None) -> None:
@@ -346,9 +354,19 @@ def test_single_process_run_saves_and_resumes(small_data: Path, tmp_path: Path, 
     assert events.first(first, "saved") == {"event": "saved", "rank": 0, "path": str(tmp_path / "run" / "final")}
     assert [e["event"] for e in first][-1] == "done"
 
+    # A torn checkpoint newer than the last whole one: the process died while writing it (weights written,
+    # trainer_state.json cut off). Resume must skip it, say so, and start from checkpoint-20.
+    checkpoints = tmp_path / "run" / "checkpoints"
+    shutil.copytree(checkpoints / "checkpoint-20", checkpoints / "checkpoint-25")
+    state_file = checkpoints / "checkpoint-25" / "trainer_state.json"
+    state_file.write_bytes(state_file.read_bytes()[:40])
     second = train(30)
+    skipped = events.first(second, "checkpoint_skipped")
+    assert skipped is not None and skipped["checkpoint"] == str(checkpoints / "checkpoint-25"), second
     resumed = events.first(second, "resumed")
-    assert resumed is not None and resumed["checkpoint"] == str(tmp_path / "run" / "checkpoints" / "checkpoint-20")
+    assert resumed is not None and resumed["checkpoint"] == str(checkpoints / "checkpoint-20")
+    assert resumed["step"] == 20
+    assert events.first(second, "done") == {"event": "done", "rank": 0, "global_step": 30}
     before = events.first(second, "eval")
     assert before is not None and before["when"] == "before" and before["score"] == pytest.approx(scores["after"])
     assert [e["step"] for e in second if e["event"] == "loss"] == [25, 30]
