@@ -123,6 +123,11 @@ def launch_env(spec: JobSpec) -> dict[str, str]:
         "STJOBS_STRATEGY": spec.strategy.value,
         "STJOBS_OUTPUT_DIR": spec.output_dir,
     }
+    if spec.max_restarts > 0 or spec.elastic:
+        # torchrun hands every round's workers the one TCPStore of its first rendezvous, with no per-attempt
+        # prefix: a restarted rank can read the address a killed rank published and fail to connect (seen in our
+        # fault tests: gloo "connectFullMesh failed ... Connection refused"). Opting out gives each round a new store.
+        env["TORCH_DISABLE_SHARE_RDZV_TCP_STORE"] = "1"
     env.update(nccl_env(spec))
     env.update(spec.env)  # the user's explicit values win (e.g. a different OMP_NUM_THREADS)
     return env
