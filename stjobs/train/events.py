@@ -10,8 +10,8 @@ event          who emits   fields besides ``event`` and ``rank``
                            ``model``, ``train_rows``, ``kind``, ``loss``, ``learning_rate``,
                            ``per_device_batch_size``, ``global_batch_size``, ``gather_across_devices``
 ``resumed``    every rank  ``checkpoint`` (absolute path)
-``unused``     rank 0      ``parameters``: names no sentence embedding depends on (e.g. a pooler): DDP then
-                           searches for unused parameters after each backward
+``unused``     rank 0      ``parameters``: names no sentence embedding depends on (e.g. a pooler);
+                           ``ignored_by_ddp``: left out of DDP (else DDP searches for unused ones after each backward)
 ``wrapped``    every rank  ``distributed_type`` (accelerate's name: ``NO``, ``MULTI_CPU``, ``MULTI_GPU``, ``FSDP``),
                            ``model_wrapper`` (class of the model actually trained, e.g. ``DistributedDataParallel``),
                            ``requested`` (STJOBS_STRATEGY), ``ran`` (``single``, ``dp``, ``ddp`` or ``fsdp``),

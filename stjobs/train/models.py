@@ -209,10 +209,8 @@ def load_model(path: str, max_seq_length: int | None) -> SentenceTransformer:
 def unused_parameters(model: Any) -> list[str]:
     """Trainable parameters no sentence embedding depends on (e.g. the pooler of a mean-pooled BERT).
 
-    DDP without its per-step search for unused parameters fails at the second step on such a model, so the
-    search stays on exactly when this finds some. (Freezing them instead would be faster, but it changes the
-    optimizer's parameter groups, and checkpoints written without freezing could then no longer be resumed.)
-    One forward and backward of two short texts, in eval mode so that no dropout draws from the RNG.
+    DDP without its per-step search for unused parameters fails at the second step on such a model: see
+    ignore_in_ddp. One forward and backward of two short texts, in eval mode so that no dropout draws from the RNG.
     """
     import torch
 
@@ -227,6 +225,22 @@ def unused_parameters(model: Any) -> list[str]:
     model.zero_grad(set_to_none=True)
     model.train(was_training)
     return unused
+
+
+def ignore_in_ddp(model: Any, names: list[str]) -> bool:
+    """Leave ``names`` out of DDP's gradient buckets, so DDP can skip its search for unused parameters after
+    every backward (a pass over the autograd graph per step). They never get a gradient, so the optimizer never
+    moves them and the ranks' copies stay equal without being synchronised. Freezing them instead would change
+    the optimizer's parameter groups, and older checkpoints could then no longer be resumed.
+
+    False where this torch lacks the hook (a private DDP function): the caller keeps the search on instead."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    hook = getattr(DistributedDataParallel, "_set_params_and_buffers_to_ignore_for_model", None)
+    if hook is None:
+        return False
+    hook(model, names)
+    return True
 
 
 # The repeated block FSDP wraps as one unit, by the model_type in a Hugging Face config.json.

@@ -202,12 +202,14 @@ def train(config: TrainConfig) -> int:
                 node=os.environ.get("SLURMD_NODENAME") or socket.gethostname())
 
     if config.strategy == "ddp" and world > 1 and not config.find_unused_parameters:
-        # DDP skips its per-step search for unused parameters unless the model has some (see _training_args).
+        # DDP skips its per-step search for unused parameters (see _training_args): parameters the model never
+        # uses are left out of DDP instead, or, where torch cannot do that, the search stays on.
         unused = models.unused_parameters(model)
-        if unused:
+        ignored = bool(unused) and models.ignore_in_ddp(model, unused)
+        if unused and not ignored:
             config = dataclasses.replace(config, find_unused_parameters=True)
-            if rank == 0:
-                events.emit("unused", rank=rank, parameters=unused)
+        if unused and rank == 0:
+            events.emit("unused", rank=rank, parameters=unused, ignored_by_ddp=ignored)
     guide = models.load_model(config.guide_model, config.max_seq_length) if config.guide_model else None
     loss = data.build_loss(loss_name, model, world, config.gather_across_devices, per_device, guide)
     evaluator = (data.build_evaluator(eval_table, eval_kind, EVAL_BATCH_SIZE)
