@@ -69,6 +69,39 @@ def test_single_node_needs_no_rendezvous_host() -> None:
     assert "--standalone" in slurm.render(stjobs.load_spec(EXAMPLES / "tiny-ddp.yaml")).file("launch.sh").content
 
 
+@pytest.mark.parametrize("restarts,cap,child,outcome", [
+    ("2", 1, "true", 75),  # requeued from outside more often than allowed: never starts the launch again
+    ("1", 1, "kill -USR2 $PPID; sleep 0.5", 75),  # preempted with no requeue left: FAILED, not COMPLETED
+    ("0", 1, "kill -USR2 $PPID; sleep 0.5", 0),  # preempted within the cap: exits 0 (task 1 requeues nothing)
+    ("0", 1, "exit 3", "exited with 3"),
+])
+def test_submitit_node_task_holds_the_requeue_cap(restarts: str, cap: int, child: str, outcome: int | str,
+                                                  monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
+                                                  ) -> None:
+    import signal
+
+    from stjobs.backends.slurm_task import OUT_OF_REQUEUES_EXIT, NodeTask
+
+    monkeypatch.setenv("SLURM_RESTART_COUNT", restarts)
+    monkeypatch.setenv("SLURM_PROCID", "1")  # not the task that would run scontrol requeue
+    monkeypatch.setenv("SLURM_JOB_ID", "0")
+    saved = signal.getsignal(signal.SIGUSR2)
+    task = NodeTask(command=["bash", "-c", child], cwd=".", max_requeues=cap)
+    try:
+        if isinstance(outcome, str):
+            with pytest.raises(RuntimeError, match=outcome):
+                task()
+        elif outcome == OUT_OF_REQUEUES_EXIT:
+            with pytest.raises(SystemExit) as ended:
+                task()
+            assert ended.value.code == OUT_OF_REQUEUES_EXIT
+            assert f"slurm.max_requeues={cap}" in capfd.readouterr().err
+        else:
+            assert task() == outcome
+    finally:
+        signal.signal(signal.SIGUSR2, saved)
+
+
 # ---- on the cluster ---------------------------------------------------------------------------------------
 
 cluster = pytest.mark.slurm
