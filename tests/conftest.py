@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -32,6 +33,28 @@ def offline_env(**extra: str) -> dict[str, str]:
                 "PATH": f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}"})
     env.update(extra)
     return env
+
+
+def cli(*args: str, check: bool = True, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+    """The installed ``stjobs`` command, run as a user runs it. STJOBS_PYTHON: the interpreter every node runs
+    (sbatch passes the submitting environment on; the local backend sets the same one)."""
+    done = subprocess.run([stjobs_bin(), *args], capture_output=True, text=True, cwd=REPO, timeout=timeout,
+                          env=offline_env(STJOBS_PYTHON=str(VENV_BIN / "python")))
+    if check and done.returncode != 0:
+        raise AssertionError(f"stjobs {' '.join(args)} -> {done.returncode}\n{done.stdout}\n{done.stderr}")
+    return done
+
+
+def job_of(stdout: str) -> str:
+    """The job id from the first line of `stjobs submit`: "submitted <id> ..."."""
+    first = stdout.splitlines()[0] if stdout else ""
+    assert first.startswith("submitted "), stdout
+    return first.split()[1]
+
+
+def job_state(job_id: str) -> dict[str, Any]:
+    result: dict[str, Any] = json.loads(cli("status", job_id, "--json").stdout)
+    return result
 
 
 def build_tiny_model(out: Path) -> Path:

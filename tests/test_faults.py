@@ -30,30 +30,11 @@ from typing import Any
 import pytest
 
 from stjobs.train.events import parse_events
-from tests.conftest import REPO, VENV_BIN, build_tiny_model, offline_env, stjobs_bin
+from tests.conftest import build_tiny_model, cli, job_of, job_state
 from tests.slurm_cluster import PARTITION, STATE_DIR, UP_SCRIPT, ensure_cluster
 
 STEPS = 60
 SAVE_EVERY = 10
-
-
-def cli(*args: str, check: bool = True, timeout: float = 600) -> subprocess.CompletedProcess[str]:
-    done = subprocess.run([stjobs_bin(), *args], capture_output=True, text=True, cwd=REPO, timeout=timeout,
-                          env=offline_env(STJOBS_PYTHON=str(VENV_BIN / "python")))
-    if check and done.returncode != 0:
-        raise AssertionError(f"stjobs {' '.join(args)} -> {done.returncode}\n{done.stdout}\n{done.stderr}")
-    return done
-
-
-def job_of(stdout: str) -> str:
-    first = stdout.splitlines()[0]
-    assert first.startswith("submitted "), stdout
-    return first.split()[1]
-
-
-def state(job_id: str) -> dict[str, Any]:
-    result: dict[str, Any] = json.loads(cli("status", job_id, "--json").stdout)
-    return result
 
 
 def wait_for(what: str, check: Callable[[], Any], timeout_s: float, poll_s: float = 0.05) -> Any:
@@ -67,8 +48,12 @@ def wait_for(what: str, check: Callable[[], Any], timeout_s: float, poll_s: floa
 
 
 def wait_finished(job_id: str, timeout_s: float) -> dict[str, Any]:
-    return wait_for(f"job {job_id} to end", lambda: (s := state(job_id))["state"] in
-                    ("COMPLETED", "FAILED", "CANCELLED", "LOST") and s, timeout_s, poll_s=1)  # type: ignore[no-any-return]
+    def ended() -> dict[str, Any] | None:
+        now = job_state(job_id)
+        return now if now["state"] in ("COMPLETED", "FAILED", "CANCELLED", "LOST") else None
+
+    final: dict[str, Any] = wait_for(f"job {job_id} to end", ended, timeout_s, poll_s=1)
+    return final
 
 
 def processes(marker: tuple[str, str], command_part: str) -> list[tuple[int, dict[str, str]]]:
@@ -202,7 +187,7 @@ def test_slurm_requeue_resumes_then_a_preemption_past_the_cap_fails(slurm_cluste
     subprocess.run(["scontrol", "requeue", number], check=True)
     wait_for("the requeued run to resume", lambda: any(
         e["event"] == "resumed" for e in parse_events(cli("logs", job_id).stdout)), 420, poll_s=2)
-    running = state(job_id)
+    running = job_state(job_id)
     assert running["requeues"] == 1 and running["state"] in ("RUNNING", "PENDING"), running
     assert "requeues" in cli("status").stdout.splitlines()[0]
     events = parse_events(cli("logs", job_id).stdout)

@@ -10,33 +10,13 @@ import os
 import subprocess
 import time
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from stjobs.train.events import parse_events
-from tests.conftest import REPO, build_tiny_model, offline_env, stjobs_bin
+from tests.conftest import REPO, build_tiny_model, cli, job_of, job_state, offline_env, stjobs_bin
 
 pytestmark = pytest.mark.slow
-
-
-def cli(*args: str, check: bool = True, timeout: float = 600) -> subprocess.CompletedProcess[str]:
-    done = subprocess.run([stjobs_bin(), *args], capture_output=True, text=True, cwd=REPO, env=offline_env(),
-                          timeout=timeout)
-    if check and done.returncode != 0:
-        raise AssertionError(f"stjobs {' '.join(args)} -> {done.returncode}\n{done.stdout}\n{done.stderr}")
-    return done
-
-
-def submitted_id(output: str) -> str:
-    first = output.splitlines()[0]
-    assert first.startswith("submitted "), output
-    return first.split()[1]
-
-
-def state_of(job_id: str) -> dict[str, Any]:
-    result: dict[str, Any] = json.loads(cli("status", job_id, "--json").stdout)
-    return result
 
 
 def train_args(model: Path, out: Path, steps: int, *extra: str) -> list[str]:
@@ -56,9 +36,9 @@ def test_two_process_ddp_training(tiny_model: Path, tmp_path: Path) -> None:
     out = tmp_path / "run"
     done = cli("submit", "examples/tiny-ddp.yaml", "--wait",
                *train_args(tiny_model, out, 60, "--eval-data", "examples/data/eval.jsonl"))
-    job_id = submitted_id(done.stdout)
+    job_id = job_of(done.stdout)
     assert done.stdout.strip().endswith(f"{job_id}: COMPLETED"), done.stdout
-    assert state_of(job_id)["state"] == "COMPLETED"
+    assert job_state(job_id)["state"] == "COMPLETED"
 
     log = cli("logs", job_id).stdout
     events = parse_events(log)
@@ -118,7 +98,7 @@ def test_fsdp_that_falls_back_to_ddp_is_reported(tiny_model: Path, tmp_path: Pat
     """On CPUs accelerate runs an FSDP request as plain DDP without a word: stjobs says so."""
     done = cli("submit", "examples/tiny-ddp.yaml", "--wait", "--set", "strategy=fsdp",
                *train_args(tiny_model, tmp_path / "run", 6))
-    job_id = submitted_id(done.stdout)
+    job_id = job_of(done.stdout)
     assert done.stdout.strip().endswith(f"{job_id}: COMPLETED"), done.stdout
     expected = f"stjobs: warning: {job_id}: strategy fsdp was requested but the training ran as ddp"
     assert expected in done.stderr, done.stderr
@@ -130,7 +110,7 @@ def test_fsdp_that_falls_back_to_ddp_is_reported(tiny_model: Path, tmp_path: Pat
 def test_accelerate_launcher_runs_two_processes(tiny_model: Path, tmp_path: Path) -> None:
     """accelerate with the generated config: two real DDP ranks, not a silent single process."""
     done = cli("submit", "examples/accelerate.yaml", "--wait", *train_args(tiny_model, tmp_path / "run", 10))
-    job_id = submitted_id(done.stdout)
+    job_id = job_of(done.stdout)
     events = parse_events(cli("logs", job_id).stdout)
     assert sorted(e["rank"] for e in events if e["event"] == "start") == [0, 1]
     assert {e["world_size"] for e in events if e["event"] == "start"} == {2}
@@ -140,8 +120,8 @@ def test_accelerate_launcher_runs_two_processes(tiny_model: Path, tmp_path: Path
 def test_two_local_nodes_meet_at_a_c10d_rendezvous(tiny_model: Path, tmp_path: Path) -> None:
     done = cli("submit", "examples/two-nodes.yaml", "--wait", "--procs-per-node", "1", "--cpus-per-task", "1",
                *train_args(tiny_model, tmp_path / "run", 10))
-    job_id = submitted_id(done.stdout)
-    assert state_of(job_id)["state"] == "COMPLETED", cli("logs", job_id).stdout[-3000:]
+    job_id = job_of(done.stdout)
+    assert job_state(job_id)["state"] == "COMPLETED", cli("logs", job_id).stdout[-3000:]
     events = parse_events(cli("logs", job_id).stdout)
     starts = [e for e in events if e["event"] == "start"]
     assert sorted(e["rank"] for e in starts) == [0, 1]
@@ -167,15 +147,15 @@ def _processes_with(marker: str) -> list[int]:
 
 def test_cancel_stops_every_process(tiny_model: Path, tmp_path: Path) -> None:
     done = cli("submit", "examples/tiny-ddp.yaml", *train_args(tiny_model, tmp_path / "run", 100000))
-    job_id = submitted_id(done.stdout)
+    job_id = job_of(done.stdout)
     deadline = time.monotonic() + 180
     while not any(e["event"] == "loss" for e in parse_events(cli("logs", job_id).stdout)):
         assert time.monotonic() < deadline, "training never started"
-        assert state_of(job_id)["state"] == "RUNNING"
+        assert job_state(job_id)["state"] == "RUNNING"
         time.sleep(1)
     assert len(_processes_with(f"STJOBS_JOB_ID={job_id}")) >= 3  # agent + two workers
     assert cli("cancel", job_id).stdout.strip() == f"{job_id}: CANCELLED"
-    assert state_of(job_id)["state"] == "CANCELLED"
+    assert job_state(job_id)["state"] == "CANCELLED"
     time.sleep(0.5)
     assert _processes_with(f"STJOBS_JOB_ID={job_id}") == []
 
@@ -189,7 +169,7 @@ def test_follow_streams_until_the_end(tmp_path: Path) -> None:
                               stdout=subprocess.PIPE, text=True)
     assert follow.stdout is not None
     first = follow.stdout.readline()
-    job_id = submitted_id(first)
+    job_id = job_of(first)
     rest = follow.stdout.read()
     assert follow.wait(timeout=120) == 0
     for rank in (0, 1):
@@ -204,9 +184,9 @@ def test_one_failing_node_ends_the_job(tmp_path: Path) -> None:
     started = time.monotonic()
     done = cli("submit", "examples/two-nodes.yaml", "--wait", "--procs-per-node", "1", "--cpus-per-task", "1",
                "--set", f"entrypoint={{script: {script}}}", "--set", "max_restarts=0", check=False, timeout=300)
-    job_id = submitted_id(done.stdout)
+    job_id = job_of(done.stdout)
     assert done.returncode != 0
-    status = state_of(job_id)
+    status = job_state(job_id)
     assert status["state"] == "FAILED" and status["exit_code"] != 0
     assert "exited with" in status["reason"]
     assert time.monotonic() - started < 120

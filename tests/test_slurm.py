@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shlex
 import subprocess
 import time
@@ -21,7 +20,7 @@ import stjobs
 from stjobs.backends import slurm
 from stjobs.backends.slurm_submit import submitit_parameters
 from stjobs.train.events import parse_events
-from tests.conftest import EXAMPLES, REPO, VENV_BIN, offline_env, stjobs_bin
+from tests.conftest import EXAMPLES, REPO, VENV_BIN, cli, job_of, job_state, offline_env, stjobs_bin
 from tests.slurm_cluster import NODES, PARTITION, ensure_cluster
 
 
@@ -121,15 +120,6 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
-def cli(*args: str, check: bool = True, timeout: float = 600) -> subprocess.CompletedProcess[str]:
-    # STJOBS_PYTHON: the interpreter every node runs (sbatch passes the submitting environment along).
-    done = subprocess.run([stjobs_bin(), *args], capture_output=True, text=True, cwd=REPO, timeout=timeout,
-                          env=offline_env(STJOBS_PYTHON=str(VENV_BIN / "python")))
-    if check and done.returncode != 0:
-        raise AssertionError(f"stjobs {' '.join(args)} -> {done.returncode}\n{done.stdout}\n{done.stderr}")
-    return done
-
-
 def job_args(model: Path, out: Path, steps: int, nodes: int = 2, procs: int = 2, *extra: str) -> list[str]:
     args = ["--model", str(model), "--train-data", "examples/data/train.jsonl", "--max-steps", str(steps),
             "--per-device-batch-size", "16", "--logging-steps", "5", *extra]
@@ -138,19 +128,8 @@ def job_args(model: Path, out: Path, steps: int, nodes: int = 2, procs: int = 2,
             "--set", "entrypoint.args=" + json.dumps(args), "--set", f"output_dir={out}"]
 
 
-def job_of(stdout: str) -> str:
-    match = re.match(r"submitted (\S+) ", stdout)
-    assert match, stdout
-    return match.group(1)
-
-
-def state(job_id: str) -> dict[str, Any]:
-    result: dict[str, Any] = json.loads(cli("status", job_id, "--json").stdout)
-    return result
-
-
 def check_trained(job_id: str, out: Path, world: int, nodes: set[str]) -> list[dict[str, Any]]:
-    assert state(job_id)["state"] == "COMPLETED"
+    assert job_state(job_id)["state"] == "COMPLETED"
     events = parse_events(cli("logs", job_id).stdout)
     starts = [e for e in events if e["event"] == "start"]
     assert sorted(e["rank"] for e in starts) == list(range(world))
@@ -202,11 +181,11 @@ def test_follow_then_cancel(slurm_cluster: None, tiny_model: Path, tmp_path: Pat
     while '"event":"loss"' not in seen:  # logs -f streams a running job as it writes
         assert time.monotonic() < deadline, seen[-2000:]
         seen += follower.stdout.readline()
-    assert state(job_id)["state"] == "RUNNING"
+    assert job_state(job_id)["state"] == "RUNNING"
     assert cli("cancel", job_id).stdout.strip() == f"{job_id}: CANCELLED"
     follower.wait(timeout=120)  # and ends by itself once the job has
     assert follower.returncode == 0
-    assert state(job_id)["state"] == "CANCELLED"
+    assert job_state(job_id)["state"] == "CANCELLED"
 
 
 @cluster
@@ -255,7 +234,7 @@ def test_preemption_checkpoints_requeues_and_resumes(mode: str, slurm_cluster: N
     while final["state"] not in ("COMPLETED", "FAILED", "CANCELLED", "LOST"):
         assert time.monotonic() < deadline, cli("logs", job_id).stdout[-3000:]
         time.sleep(2)
-        final = state(job_id)
+        final = job_state(job_id)
     log = cli("logs", job_id).stdout
     assert final["state"] == "COMPLETED", log[-3000:]
     events = parse_events(log)
