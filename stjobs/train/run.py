@@ -236,8 +236,8 @@ def _training_args(config: TrainConfig, source: str, model: Any, world: int, in_
                                                   "transformer_layer_cls_to_wrap": [layer]}}
     elif world > 1:
         # DDP looks for parameters without a gradient after every backward unless told there are none: an extra
-        # pass over the graph per step. On when the model has such parameters (found at start, see train()) or
-        # when asked for with --find-unused-parameters.
+        # pass over the graph per step. On only when the model has parameters that get no gradient and torch
+        # cannot leave them out of DDP (see train()), or when asked for with --find-unused-parameters.
         parallel = {"ddp_find_unused_parameters": config.find_unused_parameters}
     precision = config.precision
     if precision == "auto":
@@ -388,12 +388,12 @@ def _fit(config: TrainConfig, source: str, model: Any, train_table: Any, loss: A
 
     torn: list[tuple[Path, str]] = []
     checkpoint = newest_checkpoint(config.checkpoint_dir, torn) if config.resume else None
-    for path, why in torn:
-        if rank == 0:
+    if rank == 0:
+        for path, why in torn:
             events.emit("checkpoint_skipped", rank=rank, checkpoint=str(path.resolve()), reason=why)
     if checkpoint is not None:
-        step = int(CHECKPOINT_RE.match(checkpoint.name).group(1))  # type: ignore[union-attr]
-        events.emit("resumed", rank=rank, checkpoint=str(checkpoint.resolve()), step=step)
+        events.emit("resumed", rank=rank, checkpoint=str(checkpoint.resolve()),
+                    step=int(checkpoint.name.removeprefix("checkpoint-")))
     trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
 
     if callback.preempted_at is not None:
