@@ -21,8 +21,9 @@ import pytest
 
 from stjobs.train import events, example_data
 from stjobs.train.args import TrainConfig, TrainConfigError, loss_name, parse_config
+from stjobs.train.checkpoints import newest_checkpoint
 from stjobs.train.data import DEFAULT_LOSS, detect_kind, resolve_loss
-from stjobs.train.run import Preemption, newest_checkpoint
+from stjobs.train.distributed import Preemption
 
 BASE = ["--model", "m", "--train-data", "d.jsonl", "--output-dir", "/tmp/out"]
 
@@ -104,7 +105,8 @@ def test_cli_error_needs_no_ml_stack(repo_root: Path, run_env: dict[str, str]) -
 
 def test_modules_import_without_ml_stack(repo_root: Path, run_env: dict[str, str]) -> None:
     code = ("import sys, stjobs.train, stjobs.train.args, stjobs.train.events, stjobs.train.example_data, "
-            "stjobs.train.data, stjobs.train.models, stjobs.train.run, stjobs.train.__main__\n"
+            "stjobs.train.data, stjobs.train.models, stjobs.train.distributed, stjobs.train.checkpoints, "
+            "stjobs.train.trainer, stjobs.train.run, stjobs.train.__main__\n"
             "heavy = [m for m in ('torch', 'transformers', 'datasets', 'sentence_transformers', 'accelerate') "
             "if m in sys.modules]\nassert not heavy, heavy")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=repo_root, env=run_env, timeout=60)

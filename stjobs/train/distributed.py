@@ -1,0 +1,97 @@
+"""This process's place in the distributed run: joining the process group, preemption, and which strategy ran.
+
+Kept apart from the training itself because it is what every rank does before (and independently of) the model:
+read torchrun's environment, join the group, catch the scheduler's stop request, and afterwards say whether the
+libraries really trained the way STJOBS_STRATEGY asked. Importing it needs only the standard library (torch and
+accelerate are imported inside :func:`join`), so the options can still fail fast before the ML stack loads.
+
+Preemption: SIGUSR2 or SIGTERM only sets a flag. At the next step end all ranks agree on the flag (a signal may reach
+only some of them), save a checkpoint under ``checkpoints/`` and stop; each process then emits ``preempted`` and exits
+0 without writing ``final``, and the next run with the same output dir resumes from that checkpoint. Repeats of the
+request are ignored: under SLURM one USR2 reaches a rank twice (from slurmstepd, which signals every process of the
+step, and again from torchrun forwarding it), and dying on the second copy lost the checkpoint. A sender that wants
+the process gone sooner escalates with SIGKILL (torchrun's shutdown grace, SLURM's KillWait). Delivery: the launch
+plan passes SIGUSR2 in torchrun's ``--signals-to-handle``, so torchrun forwards it to its workers instead of dying and
+orphaning them. The step-end check lives in the training callback (:mod:`stjobs.train.trainer`).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import warnings
+from types import FrameType
+from typing import Any
+
+from stjobs.train.args import TrainConfig
+
+# What torchrun tells each worker about its place in the world.
+DISTRIBUTED_VARS = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "GROUP_RANK", "GROUP_WORLD_SIZE",
+                    "ROLE_RANK", "ROLE_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+
+
+class Preemption:
+    """Remembers that the scheduler asked us to stop; the training callback acts on it at a step boundary."""
+
+    SIGNALS = (signal.SIGUSR2, signal.SIGTERM)
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+
+    def install(self) -> None:
+        for sig in self.SIGNALS:
+            signal.signal(sig, self._handle)
+
+    def _handle(self, signum: int, _frame: FrameType | None) -> None:
+        if self.signum is None:
+            self.signum = signum
+
+
+def strategy_that_ran(distributed_type: str, wrapper: str) -> str:
+    """The strategy a run really used, from accelerate's distributed type and the class wrapping the model."""
+    if "FSDP" in distributed_type or "FullyShardedDataParallel" in wrapper or wrapper == "FSDPModule":
+        return "fsdp"
+    if wrapper == "DistributedDataParallel":
+        return "ddp"
+    if wrapper == "DataParallel":
+        return "dp"
+    return "single"
+
+
+def expected_strategy(requested: str, world: int) -> str:
+    # One process of a DDP job trains the bare model: accelerate skips the wrapper for a world of one.
+    return "single" if requested == "ddp" and world == 1 else requested
+
+
+def quiet_libraries(is_main: bool) -> None:
+    # Deprecation notices from inside the libraries (not actionable here) would repeat on every rank.
+    warnings.filterwarnings("ignore", category=FutureWarning, module=r"(accelerate|sentence_transformers)(\.|$)")
+    import datasets
+
+    # The events are the progress report; per-rank progress bars (TQDM_DISABLE covers transformers') and info logs
+    # would bury them. Replicas only report errors: the main process already says everything else once.
+    datasets.disable_progress_bars()
+    for name in ("transformers", "sentence_transformers"):
+        logging.getLogger(name).setLevel(logging.WARNING if is_main else logging.ERROR)
+
+
+def join(config: TrainConfig) -> tuple[Preemption, Any]:
+    """Catch preemption, join the process group torchrun described, quiet the libraries; the preemption flag and
+    accelerate's ``PartialState`` (rank, world size, ``main_process_first``) for the rest of the run."""
+    import torch
+    from accelerate import PartialState
+
+    preemption = Preemption()
+    preemption.install()
+    if config.strategy in ("single", "ddp") and os.environ.get("WORLD_SIZE") == "1":
+        # A world of one under torchrun (kept for its restarts and signal handling): without this, accelerate and
+        # the Trainer build a process group and wrap the model in DDP for nothing, and the run reports "ddp".
+        for name in DISTRIBUTED_VARS:
+            os.environ.pop(name, None)
+    # Joins the process group torchrun described in the environment: nccl on GPUs, gloo on CPUs. Without cpu=True on
+    # a machine without GPUs, accelerate silently treats every rank as its own single-process run.
+    cpu = not torch.cuda.is_available()
+    state = PartialState(cpu=cpu)
+    quiet_libraries(state.process_index == 0)
+    return preemption, state

@@ -1,0 +1,245 @@
+"""The Trainer side of a run: training arguments, the Trainer and its event callback, resume, final save.
+
+:mod:`stjobs.train.run` prepares everything a rank needs (process group, data, model, loss, evaluator) and hands it
+to :func:`fit`, which owns all contact with the Hugging Face Trainer: how our options map onto its arguments, the
+two fixes its ``_save`` needs, the hooks that turn its progress into STJOBS events and act on a preemption request,
+resuming from the newest complete checkpoint, and the throughput, last evaluation and ``final`` save after it.
+torch, transformers and sentence-transformers are imported inside the functions, so importing this module stays
+cheap (the options are checked before the ML stack loads).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from stjobs.train import events
+from stjobs.train.args import DEFAULT_PER_DEVICE_BATCH_SIZE, TrainConfig, TrainConfigError
+from stjobs.train.checkpoints import newest_checkpoint
+from stjobs.train.distributed import Preemption, expected_strategy, strategy_that_ran
+
+# Both the evaluator's own encode batches (built in run.train) and the Trainer's per-device eval batch.
+EVAL_BATCH_SIZE = 32
+
+
+def training_args(config: TrainConfig, source: str, model: Any, world: int, in_batch_negatives: bool,
+                  evaluate: bool) -> Any:
+    """The Trainer's arguments for this run: strategy, precision, batch sampler, schedule, saving and logging."""
+    import torch
+    from sentence_transformers import SentenceTransformerTrainingArguments
+    from sentence_transformers.base.sampler import BatchSamplers
+
+    from stjobs.train.models import fsdp_layer_class
+    from stjobs.train.sampler import LengthGroupedBatchSampler, UniqueTextBatchSampler
+
+    on_gpu = torch.cuda.is_available()
+    parallel: dict[str, Any] = {}
+    if config.strategy == "fsdp":
+        # Full sharding, one FSDP unit per transformer layer: fsdp=["full_shard", "auto_wrap"] in the older
+        # spelling, which transformers 5 still accepts but deprecates.
+        layer = fsdp_layer_class(source, model, config.fsdp_layer_class)
+        parallel = {"fsdp": True, "fsdp_config": {"reshard_after_forward": True,
+                                                  "transformer_layer_cls_to_wrap": [layer]}}
+    elif world > 1:
+        # DDP looks for parameters without a gradient after every backward unless told there are none: an extra
+        # pass over the graph per step. On only when the model has parameters that get no gradient and torch
+        # cannot leave them out of DDP (see run.train), or when asked for with --find-unused-parameters.
+        parallel = {"ddp_find_unused_parameters": config.find_unused_parameters}
+    precision = config.precision
+    if precision == "auto":
+        precision = "bf16" if on_gpu and torch.cuda.is_bf16_supported() else "fp32"
+    if precision != "fp32" and not on_gpu:
+        raise TrainConfigError(f"--precision: got {precision} without a GPU; expected fp32 or auto on CPUs")
+    workers = config.dataloader_workers if config.dataloader_workers is not None else (2 if on_gpu else 0)
+    if config.group_by_length:
+        sampler: Any = UniqueTextBatchSampler if in_batch_negatives else LengthGroupedBatchSampler
+    else:
+        # In-batch negatives: a duplicate text in a batch would be scored as a negative of itself.
+        sampler = BatchSamplers.NO_DUPLICATES if in_batch_negatives else BatchSamplers.BATCH_SAMPLER
+    return SentenceTransformerTrainingArguments(
+        output_dir=str(config.checkpoint_dir),
+        per_device_train_batch_size=config.per_device_batch_size or DEFAULT_PER_DEVICE_BATCH_SIZE,
+        bf16=precision == "bf16",
+        fp16=precision == "fp16",
+        per_device_eval_batch_size=EVAL_BATCH_SIZE,
+        max_steps=config.max_steps if config.max_steps is not None else -1,
+        num_train_epochs=config.epochs if config.epochs is not None else 1.0,
+        learning_rate=config.learning_rate if config.learning_rate is not None else 5e-5,
+        warmup_steps=config.warmup_ratio,  # transformers 5: a float below 1 is a ratio of the total steps
+        save_strategy="steps" if config.save_steps else "no",
+        save_steps=config.save_steps or 500,
+        save_total_limit=config.save_total_limit,
+        logging_strategy="steps",
+        logging_steps=config.logging_steps,
+        eval_strategy="steps" if config.eval_steps else "no",
+        eval_steps=config.eval_steps,
+        # The "before" evaluation runs inside train(), after the model is wrapped: a trainer.evaluate() before
+        # train() marks the bare model as prepared, and accelerate then skips the DDP wrapper for training
+        # (observed: each rank silently trained its own copy).
+        eval_on_start=evaluate,
+        dataloader_drop_last=world > 1,  # an uneven last batch would leave one rank waiting in all-reduce
+        seed=config.seed,
+        dataloader_num_workers=workers,
+        dataloader_persistent_workers=workers > 0,
+        dataloader_pin_memory=on_gpu,  # pinning only helps copies to a GPU
+        batch_sampler=sampler,
+        report_to="none",
+        disable_tqdm=True,
+        log_level="warning",
+        log_level_replica="error",
+        use_cpu=not torch.cuda.is_available(),  # see PartialState(cpu=...) in distributed.join
+        # The spec's nccl.timeout_s: a hung collective fails the job instead of holding the allocation.
+        ddp_timeout=int(os.environ.get("STJOBS_PG_TIMEOUT_S", "1800")),
+        **parallel,
+    )
+
+
+def fit(config: TrainConfig, source: str, model: Any, train_table: Any, loss: Any, loss_name: str,
+        evaluator: Any, preemption: Preemption, rank: int, world: int) -> int:
+    """Train (resuming when a complete checkpoint exists), evaluate and save ``final``; the exit status (0 also
+    when preempted: the checkpoint is saved and the next run resumes from it)."""
+    import torch
+    import torch.distributed as dist
+    from sentence_transformers import SentenceTransformerTrainer
+    from transformers import TrainerCallback
+    from transformers.trainer_callback import PrinterCallback
+
+    from stjobs.train.data import IN_BATCH_NEGATIVE_LOSSES
+    from stjobs.train.models import load_model
+
+    args = training_args(config, source, model, world, loss_name in IN_BATCH_NEGATIVE_LOSSES, evaluator is not None)
+
+    class Trainer(SentenceTransformerTrainer):
+        def _save(self, output_dir: str | None = None, state_dict: Any = None) -> None:
+            # sentence-transformers' _save assumes it only runs on the main process, but transformers 5 calls it
+            # on every rank (for sharded saves); without this guard all ranks write the same files at once.
+            if not self.args.should_save:
+                return
+            if state_dict is not None and self.is_fsdp_enabled:
+                # Under FSDP the live modules hold shards, and sentence-transformers' _save ignores the gathered
+                # full state dict; put it into a fresh copy of the starting model and save that instead.
+                fresh = load_model(source, config.max_seq_length)
+                fresh.load_state_dict(state_dict)
+                fresh.save(str(output_dir or self.args.output_dir))
+                return
+            super()._save(output_dir, state_dict)
+
+    class Events(TrainerCallback):
+        """Turns Trainer hooks into STJOBS events and acts on a preemption request."""
+
+        def __init__(self) -> None:
+            self.when = "before"
+            self.scores: dict[str, float] = {}
+            self.metric: str | None = None
+            self.preempted_at: int | None = None
+            self.trainer: Any = None
+            # Wall time of the optimisation steps alone: excludes start-up and the "before" evaluation.
+            self.first_step_at: float | None = None
+            self.first_step = 0
+            self.ended_at: float | None = None
+            self.step_ends: list[float] = []  # when each step of this run ended, for the steady-state rate
+
+        def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            accelerator = self.trainer.accelerator
+            distributed_type = getattr(accelerator.distributed_type, "value", str(accelerator.distributed_type))
+            wrapper = type(self.trainer.model_wrapped).__name__
+            ran = strategy_that_ran(str(distributed_type), wrapper)
+            as_requested = ran == expected_strategy(config.strategy, world)
+            events.emit("wrapped", rank=rank, distributed_type=str(distributed_type), model_wrapper=wrapper,
+                        requested=config.strategy, ran=ran, as_requested=as_requested)
+            if not as_requested and rank == 0:
+                # accelerate turns an FSDP request into plain DDP on CPU-only machines without saying so, and
+                # DataParallel with fewer than two GPUs is one plain process.
+                print(f"stjobs.train: warning: STJOBS_STRATEGY={config.strategy} but training runs as {ran} "
+                      f"({distributed_type} with {wrapper})", file=sys.stderr, flush=True)
+
+        def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, float] | None = None,
+                   **kwargs: Any) -> None:
+            if state.is_world_process_zero and logs and "loss" in logs:
+                events.emit("loss", rank=rank, step=state.global_step, loss=float(logs["loss"]))
+
+        def on_evaluate(self, args: Any, state: Any, control: Any, metrics: dict[str, float] | None = None,
+                        **kwargs: Any) -> None:
+            name = getattr(evaluator, "primary_metric", None)
+            if rank != 0 or not metrics or not name:
+                return  # rank 0 alone runs the evaluator, so only it knows the metric's name
+            score = metrics.get(f"eval_{name}", metrics.get(name))
+            if score is not None:
+                self.metric, self.scores[self.when] = name, float(score)
+                events.emit("eval", rank=rank, when=self.when, metric=name, score=float(score),
+                            step=state.global_step)
+
+        def on_step_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            self.when = "during"  # the eval_on_start evaluation ("before") has run by now
+            if self.first_step_at is None:
+                self.first_step_at, self.first_step = time.monotonic(), state.global_step
+
+        def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            self.ended_at = time.monotonic()
+
+        def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            self.step_ends.append(time.monotonic())
+            flagged = torch.tensor([1 if preemption.signum is not None else 0], device=args.device)
+            if world > 1:
+                # A signal may reach only some ranks; stopping alone would leave the others hanging in all-reduce.
+                dist.all_reduce(flagged, op=dist.ReduceOp.MAX)
+            if int(flagged.item()):
+                control.should_save = True
+                control.should_training_stop = True
+                self.preempted_at = state.global_step
+
+    callback = Events()
+    trainer = Trainer(model=model, args=args, train_dataset=train_table, loss=loss, evaluator=evaluator,
+                      callbacks=[callback])
+    callback.trainer = trainer
+    trainer.remove_callback(PrinterCallback)  # it would print every log dict again next to the loss events
+
+    torn: list[tuple[Path, str]] = []
+    checkpoint = newest_checkpoint(config.checkpoint_dir, torn) if config.resume else None
+    if rank == 0:
+        for path, why in torn:
+            events.emit("checkpoint_skipped", rank=rank, checkpoint=str(path.resolve()), reason=why)
+    if checkpoint is not None:
+        events.emit("resumed", rank=rank, checkpoint=str(checkpoint.resolve()),
+                    step=int(checkpoint.name.removeprefix("checkpoint-")))
+    trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+
+    if callback.preempted_at is not None:
+        saved = config.checkpoint_dir / f"checkpoint-{callback.preempted_at}"
+        events.emit("preempted", rank=rank, step=callback.preempted_at, checkpoint=str(saved.resolve()),
+                    signal=signal.Signals(preemption.signum).name if preemption.signum else None)
+        return 0
+
+    global_batch = (config.global_batch_size or 0) * args.gradient_accumulation_steps
+    steps = trainer.state.global_step - callback.first_step if callback.first_step_at is not None else 0
+    runtime = (callback.ended_at or time.monotonic()) - (callback.first_step_at or time.monotonic())
+    throughput = steps * global_batch / runtime if steps and runtime > 0 else 0.0
+    # Steady state: the first steps pay for lazy initialisation, allocator growth and the first all-reduce buckets.
+    ends = callback.step_ends
+    skip = min(config.throughput_skip_steps, max(len(ends) - 2, 0))
+    steady = (len(ends) - 1 - skip) * global_batch / (ends[-1] - ends[skip]) \
+        if len(ends) - 1 - skip > 0 and ends[-1] > ends[skip] else throughput
+    if rank == 0:
+        events.emit("throughput", rank=rank, samples_per_second=round(throughput, 3), steps=steps,
+                    seconds=round(runtime, 3), global_batch_size=global_batch,
+                    steady_samples_per_second=round(steady, 3), steady_steps=max(len(ends) - 1 - skip, 0))
+
+    if evaluator is not None:
+        callback.when = "after"
+        trainer.evaluate()
+    if trainer.is_fsdp_enabled:
+        # Gather the full weights on rank 0 so `final` is an ordinary model directory, not per-rank shards.
+        trainer.accelerator.state.fsdp_plugin.set_state_dict_type("FULL_STATE_DICT")
+    trainer.save_model(str(config.final_dir))
+    trainer.accelerator.wait_for_everyone()
+    if rank == 0:
+        final = str(config.final_dir.resolve())
+        events.emit("saved", rank=rank, path=final)
+        print(events.summary(steps, runtime, throughput, global_batch, callback.metric, callback.scores, final),
+              flush=True)
+        events.emit("done", rank=rank, global_step=trainer.state.global_step)
+    return 0
