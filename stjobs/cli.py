@@ -49,6 +49,8 @@ SPEC_FLAGS: tuple[tuple[str, str, Callable[[str], Any]], ...] = (
     ("--strategy", "strategy", str),
     ("--launcher", "launcher", str),
     ("--image", "image", str),
+    # A path given on the command line is taken from the current directory, as every shell user expects.
+    ("--templates", "templates", os.path.abspath),
 )
 DEFAULT_SPEC = "stjobs.yaml"
 K8S_SCHEMAS_ENV = "STJOBS_K8S_SCHEMAS"

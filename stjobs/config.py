@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable, Mapping, Sequence
-from functools import lru_cache
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from stjobs import yamlin
+from stjobs import yamlio
 from stjobs.errors import SpecError
 from stjobs.spec import JobSpec, parse_spec
 
 Override = tuple[str, Any]
+TEMPLATES_ENV = "STJOBS_TEMPLATES"
 
 
 def load_spec(path: str | Path | None = None, overrides: Iterable[Override] = (),
@@ -27,15 +29,18 @@ def load_spec(path: str | Path | None = None, overrides: Iterable[Override] = ()
     for item in sets:
         key, value = parse_set(item)
         _assign(data, key, value)
-    return validate_spec(data)
+    site = os.environ.get(TEMPLATES_ENV)
+    if data.get("templates") is None and site:
+        # A site's default templates (set in its module file or profile), below anything the spec or flags say;
+        # taken from the current directory, as any path in the environment is.
+        data["templates"] = os.path.abspath(site)
+    spec = validate_spec(data)
+    # Relative paths in a spec file are taken from the file's directory (compose files and kustomize do so).
+    return replace(spec, spec_dir=os.path.abspath(Path(path).parent)) if path is not None else spec
 
 
 # A spec file is a few kilobytes; this bounds what a wrong path (a log, /dev/zero) can make us read.
 MAX_SPEC_BYTES = 1 << 20
-# Expanded through YAML aliases, a spec has a few hundred values and nests a dozen deep; anything far larger is
-# an alias bomb or a mistake, refused before a renderer or an error message walks it.
-MAX_VALUES = 100_000
-MAX_DEPTH = 64
 
 
 def read_spec_file(path: str | Path) -> dict[str, Any]:
@@ -53,72 +58,12 @@ def read_spec_file(path: str | Path) -> dict[str, Any]:
         line = raw[: error.start].count(b"\n") + 1
         raise SpecError("spec file", str(file), f"UTF-8 text (byte {raw[error.start]:#04x} on line {line} is "
                         "not UTF-8)") from None
-    data = yamlin.load(text)  # plain spec files, without importing PyYAML
-    if data is None:
-        data = _pyyaml_load(text, str(file))
-        _check_size(data, "spec file", str(file))
+    data = yamlio.load(text, "spec file", str(file))
     if data is None:
         return {}
     if not isinstance(data, dict):
         raise SpecError("spec file", data, "a YAML mapping of spec fields at the top level (key: value lines)")
     return data
-
-
-def _pyyaml_load(text: str, file: str) -> Any:
-    import yaml
-
-    try:
-        return yaml.load(text, Loader=_unique_key_loader())
-    except RecursionError:  # PyYAML's pure-Python composer recurses once per nesting level
-        raise SpecError("spec file", file, f"valid YAML nested at most {MAX_DEPTH} deep") from None
-    except yaml.YAMLError as error:
-        mark = getattr(error, "problem_mark", None)
-        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
-        problem = getattr(error, "problem", None) or str(error)
-        raise SpecError("spec file", file, f"valid YAML ({where}{' '.join(str(problem).split())})") from None
-
-
-@lru_cache(maxsize=1)
-def _unique_key_loader() -> Any:
-    """PyYAML's safe loader (libyaml's when built with it: several times faster) that refuses a key given twice
-    in one mapping: YAML says keys are unique, PyYAML keeps the last one without a word, and a spec whose
-    second ``nodes:`` silently wins is a spec the user did not mean."""
-    import yaml
-
-    base: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-
-    def unique_mapping(loader: Any, node: Any) -> Any:
-        seen: set[tuple[str, str]] = set()
-        for key, _ in node.value:
-            if isinstance(key, yaml.ScalarNode) and key.tag != "tag:yaml.org,2002:merge":
-                if (key.tag, key.value) in seen:
-                    raise yaml.constructor.ConstructorError(
-                        None, None, f"the key {key.value!r} is given twice in one mapping; each key once",
-                        key.start_mark)
-                seen.add((key.tag, key.value))
-        yield from yaml.constructor.SafeConstructor.construct_yaml_map(loader, node)
-
-    loader: Any = type("UniqueKeyLoader", (base,), {})
-    loader.add_constructor("tag:yaml.org,2002:map", unique_mapping)
-    return loader
-
-
-def _check_size(data: Any, field: str, shown: object) -> None:
-    """Counts values the way a renderer sees them (an alias counts each time it is used), without recursion."""
-    count = 0
-    stack: list[tuple[Any, int]] = [(data, 1)]
-    while stack:
-        value, depth = stack.pop()
-        count += 1
-        if count > MAX_VALUES:
-            raise SpecError(field, shown, f"at most {MAX_VALUES} values once YAML aliases are expanded "
-                            "(an alias that repeats a large anchor?)")
-        if depth > MAX_DEPTH:
-            raise SpecError(field, shown, f"values nested at most {MAX_DEPTH} deep")
-        if isinstance(value, dict):
-            stack.extend((item, depth + 1) for pair in value.items() for item in pair)
-        elif isinstance(value, list):
-            stack.extend((item, depth + 1) for item in value)
 
 
 def parse_set(item: str) -> Override:
@@ -127,15 +72,11 @@ def parse_set(item: str) -> Override:
         raise SpecError("--set", item, "KEY=VALUE with a dotted key, e.g. slurm.partition=gpu")
     if not raw.strip():
         return key.strip(), ""
-    value = yamlin.load_value(raw)
-    if value is None:
-        import yaml
-
-        try:
-            value = yaml.load(raw, Loader=_unique_key_loader())
-        except (yaml.YAMLError, RecursionError):
-            value = raw  # not YAML: take it as the plain string the user typed
-        _check_size(value, f"--set {key.strip()}", raw)
+    try:
+        value = yamlio.read(raw)
+    except yamlio.INVALID:
+        value = raw  # not YAML: take it as the plain string the user typed
+    yamlio.check_size(value, f"--set {key.strip()}", raw)  # an alias bomb on the command line too
     return key.strip(), value
 
 

@@ -212,6 +212,16 @@ def spec_field(parser: Parser[Any], default: Any = MISSING, doc: str = "") -> An
     return dataclasses.field(default=default, metadata=metadata)
 
 
+def internal_field(default: Any) -> Any:
+    """A dataclass field that is not part of the spec language: no parser, not in the schema or the spec's data
+    (e.g. where the spec file was read from). :func:`build` leaves it at its default."""
+    return dataclasses.field(default=default, metadata={"internal": True})
+
+
+def _spec_fields(block: Any) -> list[dataclasses.Field[Any]]:
+    return [field for field in dataclasses.fields(block) if "internal" not in field.metadata]
+
+
 B = TypeVar("B")
 
 
@@ -222,7 +232,7 @@ def build(block: type[B], data: Any, where: str = "") -> B:
         data = {}
     if not isinstance(data, Mapping):
         raise SpecError(where or "spec", data, f"a mapping of {block.__name__} fields")
-    fields = {field.name: field for field in dataclasses.fields(block)}  # type: ignore[arg-type]
+    fields = {field.name: field for field in _spec_fields(block)}
     for key in data:
         if key not in fields:
             known = sorted(fields)
@@ -256,7 +266,7 @@ def build(block: type[B], data: Any, where: str = "") -> B:
 def block_schema(block: type[Any]) -> dict[str, Any]:
     properties: dict[str, Any] = {}
     required: list[str] = []
-    for field in dataclasses.fields(block):
+    for field in _spec_fields(block):
         parser: Parser[Any] = field.metadata["parser"]
         entry = parser.schema()
         entry["description"] = field.metadata["doc"]
@@ -281,7 +291,7 @@ def to_data(value: Any) -> Any:
         return value
     names = _FIELD_NAMES.get(kind)
     if names is None and dataclasses.is_dataclass(value) and not isinstance(value, type):
-        names = _FIELD_NAMES[kind] = tuple(field.name for field in dataclasses.fields(value))
+        names = _FIELD_NAMES[kind] = tuple(field.name for field in _spec_fields(value))
     if names is not None:
         return {name: to_data(getattr(value, name)) for name in names}
     if isinstance(value, Enum):

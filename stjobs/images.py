@@ -11,13 +11,14 @@ from __future__ import annotations
 import dataclasses
 import shlex
 from pathlib import Path
+from typing import Any
 
 from stjobs import __version__
 from stjobs.errors import SpecError, SubmitError
 from stjobs.plan import Plan, RenderedFile
 from stjobs.spec import JobSpec
 from stjobs.spec_image import CPU_BASE, GPU_BASE, IMAGE_WORKDIR, CodeMode, Variant
-from stjobs.templating import docker_quote, render_template
+from stjobs.templating import docker_quote, render_file
 
 CACHE_ROOT = "/cache"
 HF_HOME = f"{CACHE_ROOT}/huggingface"  # a volume: model downloads survive the container and stay out of layers
@@ -101,7 +102,7 @@ def _labels(spec: JobSpec) -> list[tuple[str, str]]:
             ("org.opencontainers.image.base.name", base_image(spec, variant_of(spec)))]
 
 
-def _context(spec: JobSpec, variant: Variant) -> dict[str, object]:
+def _context(spec: JobSpec, variant: Variant) -> dict[str, Any]:
     venv = variant is Variant.cpu  # the PyTorch base ships its own Python with torch; the slim one needs a venv
     # Run-time tuning (threads, tokenizers) comes from the launch plan's env, not from the image.
     env: dict[str, str] = {"PYTHONUNBUFFERED": "1", "PYTHONDONTWRITEBYTECODE": "1", "PIP_NO_CACHE_DIR": "1",
@@ -133,10 +134,9 @@ def image_files(spec: JobSpec) -> list[RenderedFile]:
     files = []
     for variant in (Variant.gpu, Variant.cpu):
         name = dockerfile_name(variant)
-        files.append(RenderedFile(name, render_template("Dockerfile.j2", **_context(spec, variant))))
+        files.append(render_file(name, "Dockerfile.j2", spec, **_context(spec, variant)))
         files.append(RenderedFile(f"{name}.dockerignore", DOCKERIGNORE))
-    files.append(RenderedFile("apptainer.def", render_template("apptainer.def.j2",
-                                                               **_context(spec, variant_of(spec)))))
+    files.append(render_file("apptainer.def", "apptainer.def.j2", spec, **_context(spec, variant_of(spec))))
     header = "# Rendered by stjobs from the job spec (build.packages): exact pins only.\n"
     files.append(RenderedFile("requirements.txt", header + "".join(f"{pin}\n" for pin in spec.build.packages)))
     files.append(RenderedFile("constraints.txt", f"# Rendered by stjobs (build.torch): never another torch.\n"
@@ -165,7 +165,7 @@ def with_image_files(plan: Plan) -> Plan:
     """``plan`` plus the image's build files under images/, when its backend runs the job in a container."""
     if not uses_image(plan.spec, plan.backend):
         return plan
-    extra = tuple(RenderedFile(f"{FILES_DIR}/{item.path}", item.content) for item in image_files(plan.spec))
+    extra = tuple(dataclasses.replace(item, path=f"{FILES_DIR}/{item.path}") for item in image_files(plan.spec))
     note = f"image: build files in {FILES_DIR}/ (`{shlex.join(build_command(plan.spec, variant_of(plan.spec)))}`)"
     return dataclasses.replace(plan, files=plan.files + extra, notes=(*plan.notes, note))
 

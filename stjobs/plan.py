@@ -20,6 +20,7 @@ class RenderedFile:
     path: str  # relative to the output directory, '/'-separated
     content: str
     executable: bool = False
+    site_template: str | None = None  # the site's template file it was rendered from (None: stjobs' own)
 
 
 @dataclass(frozen=True)
@@ -44,7 +45,8 @@ class Plan:
         lines = [f"backend: {self.backend}", f"job: {self.job_name}{where}", "files:"]
         for item in self.files:
             mode = " (executable)" if item.executable else ""
-            lines.append(f"  {item.path}  {len(item.content.encode())} bytes{mode}")
+            site = f" from site template {item.site_template}" if item.site_template else ""
+            lines.append(f"  {item.path}  {len(item.content.encode())} bytes{mode}{site}")
         if self.launch is not None:
             lines.append("launch (on each node):")
             lines.append(f"  {shell_line(self.launch.argv)}")

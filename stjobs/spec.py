@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from enum import Enum
+from pathlib import Path
 from typing import Any
 
 from stjobs.errors import SpecError
@@ -26,6 +27,7 @@ from stjobs.fields import (
     Words,
     block_schema,
     build,
+    internal_field,
     spec_field,
     to_data,
 )
@@ -258,6 +260,12 @@ class JobSpec:
     slurm: SlurmOptions = spec_field(Nested(SlurmOptions), doc="SLURM options")
     k8s: K8sOptions = spec_field(Nested(K8sOptions), doc="Kubernetes options")
     local: LocalOptions = spec_field(Nested(LocalOptions), doc="local-backend options")
+    templates: str | None = spec_field(Nullable(Text("a directory of template overrides, relative to the spec "
+                                                     "file (files named like stjobs' templates replace them)")),
+                                       None)
+    # Where the spec file was read from: relative paths in it are taken from there. Not a field of the spec
+    # language (not in its data or schema); None for a spec built from data, meaning the current directory.
+    spec_dir: str | None = internal_field(None)
 
     @staticmethod
     def _resolve(values: dict[str, Any]) -> None:
@@ -317,6 +325,13 @@ class JobSpec:
     @property
     def elastic(self) -> bool:
         return self.min_nodes is not None
+
+    @property
+    def templates_dir(self) -> Path | None:
+        """The site template directory, ``templates`` taken from the spec file's directory when relative."""
+        if self.templates is None:
+            return None
+        return Path(self.spec_dir, self.templates) if self.spec_dir else Path(self.templates)
 
     @property
     def world_size(self) -> int:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from stjobs import yamlout
+from stjobs import yamlio
 from stjobs.errors import SpecError
 from stjobs.launch import RUNTIME_VARS, LaunchPlan
 from stjobs.plan import RenderedFile
@@ -13,10 +13,10 @@ SPEC_FILE = "stjobs.yaml"
 
 
 def node_script(spec: JobSpec, launch: LaunchPlan) -> RenderedFile:
-    from stjobs.templating import render_template  # Jinja only where a template is rendered (not for k8s)
+    from stjobs.templating import render_file  # Jinja only where a template is rendered (not for k8s)
 
-    text = render_template(
-        "node_launch.sh.j2",
+    return render_file(
+        NODE_SCRIPT, "node_launch.sh.j2", spec, executable=True,
         name=spec.name,
         required=launch.required_vars,
         descriptions=RUNTIME_VARS,
@@ -25,7 +25,6 @@ def node_script(spec: JobSpec, launch: LaunchPlan) -> RenderedFile:
         workdir=cd_target(spec.workdir),
         argv=launch.argv,
     )
-    return RenderedFile(NODE_SCRIPT, text, executable=True)
 
 
 def cd_target(workdir: str) -> str:
@@ -44,7 +43,7 @@ def spec_file(spec: JobSpec) -> RenderedFile:
     """The spec as validated, defaults filled in: what actually ran, next to what ran it."""
     data = spec.to_data()
     header = "# The job spec as stjobs validated it (defaults filled in). Secret names only, never values.\n"
-    return RenderedFile(SPEC_FILE, header + yamlout.dump(data))
+    return RenderedFile(SPEC_FILE, header + yamlio.dump(data))
 
 
 def launch_files(launch: LaunchPlan) -> list[RenderedFile]:

@@ -14,7 +14,7 @@ from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from stjobs import yamlout
+from stjobs import yamlio
 from stjobs.backends import k8s_manifest
 from stjobs.backends.common import spec_file
 from stjobs.backends.k8s_checks import check_manifest
@@ -53,8 +53,8 @@ def render(spec: JobSpec, schemas_dir: Path | None = None) -> Plan:
     kustomization = {"apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization",
                      "resources": [manifest_file]}
     header = f"# stjobs: {manifest['kind']} {spec.name}; apply with: kubectl apply -k .\n"
-    files = (RenderedFile(manifest_file, header + yamlout.dump(manifest)),
-             RenderedFile(KUSTOMIZATION, yamlout.dump(kustomization)), spec_file(spec))
+    files = (RenderedFile(manifest_file, header + yamlio.dump(manifest)),
+             RenderedFile(KUSTOMIZATION, yamlio.dump(kustomization)), spec_file(spec))
     notes = [check_note]
     if schemas_dir is not None:  # the full check was asked for: also the pods against the core schemas
         from stjobs.backends.k8s_podcheck import check_pod_templates

@@ -15,9 +15,9 @@ from typing import TYPE_CHECKING, Any
 from stjobs.backends.common import NODE_SCRIPT, launch_files, node_script, refuse_elastic, spec_file
 from stjobs.backends.slurm_task import OUT_OF_REQUEUES_EXIT
 from stjobs.launch import Arg, Ref, build_launch
-from stjobs.plan import Plan, RenderedFile
+from stjobs.plan import Plan
 from stjobs.spec import Container, JobSpec
-from stjobs.templating import render_template
+from stjobs.templating import render_file
 
 if TYPE_CHECKING:
     from stjobs.jobs import JobRecord, JobStatus
@@ -134,14 +134,14 @@ def render(spec: JobSpec) -> Plan:
     options = [sbatch_option(key, value) for key, value in params.items()]
     options.append(f"--output={OUTPUT_PATTERN}")
     options += list(spec.slurm.extra_sbatch)  # the one escape hatch, last so it can override
-    batch = render_template(
-        "sbatch.sh.j2", name=spec.name, nodes=spec.nodes, procs_per_node=spec.procs_per_node,
+    batch = render_file(
+        SBATCH_FILE, "sbatch.sh.j2", spec, executable=True, name=spec.name, nodes=spec.nodes, procs_per_node=spec.procs_per_node,
         sbatch_file=SBATCH_FILE, sbatch_options=options, node_script=NODE_SCRIPT, job_setup=job_setup(spec),
         user_setup=spec.slurm.setup, signal_lead_s=spec.slurm.signal_lead_s,
         max_requeues=spec.slurm.max_requeues, out_of_requeues_exit=OUT_OF_REQUEUES_EXIT,
         srun=["srun", *srun_options(spec), *node_command(spec)],
     )
-    files = (RenderedFile(SBATCH_FILE, batch, executable=True), node_script(spec, launch), spec_file(spec),
+    files = (batch, node_script(spec, launch), spec_file(spec),
              *launch_files(launch))
     notes = [f"output: {OUTPUT_PATTERN} in the directory you submit from"]
     if spec.secrets:

@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Rendered by stjobs for job site-template: starts the launcher on one node.
+# Every backend runs this same script; re-render instead of editing it.
+set -euo pipefail
+
+# The rendered files sit beside this script.
+export STJOBS_JOB_DIR="${STJOBS_JOB_DIR:-$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)}"
+# One log directory per node: under SLURM several nodes share the job's directory.
+export STJOBS_LOG_DIR="${STJOBS_LOG_DIR:-${STJOBS_JOB_DIR}/logs}${SLURMD_NODENAME:+/${SLURMD_NODENAME}}"
+if [[ -z "${STJOBS_RDZV_HOST:-}" ]]; then
+  echo "stjobs: STJOBS_RDZV_HOST is not set: the host every node meets at (multi-node only)" >&2
+  exit 64
+fi
+if [[ -z "${STJOBS_RDZV_ID:-}" ]]; then
+  echo "stjobs: STJOBS_RDZV_ID is not set: an id shared by the nodes of one job run (multi-node only)" >&2
+  exit 64
+fi
+if [[ -z "${STJOBS_RDZV_PORT:-}" ]]; then
+  echo "stjobs: STJOBS_RDZV_PORT is not set: the TCP port of the rendezvous (multi-node only)" >&2
+  exit 64
+fi
+
+export HF_HUB_OFFLINE=1
+export MKL_NUM_THREADS=2
+export OMP_NUM_THREADS=2
+export PYTHONUNBUFFERED=1
+export STJOBS_JOB_NAME=site-template
+export STJOBS_OUTPUT_DIR=outputs/site-template
+export STJOBS_PG_TIMEOUT_S=1800
+export STJOBS_STRATEGY=ddp
+export TOKENIZERS_PARALLELISM=false
+export TORCHELASTIC_LOG_LINE_PREFIX_TEMPLATE='[rank${rank}]:'
+
+cd .
+mkdir -p "${STJOBS_LOG_DIR}"
+# exec: the launcher replaces this shell, so a signal sent to the node step reaches it directly.
+exec "${STJOBS_PYTHON:-python3}" -m torch.distributed.run --nnodes 2 --rdzv-backend c10d --rdzv-endpoint "${STJOBS_RDZV_HOST}:${STJOBS_RDZV_PORT}" --rdzv-id "${STJOBS_RDZV_ID}" --rdzv-conf join_timeout=900 --nproc-per-node 2 --max-restarts 0 --signals-to-handle SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR2 --log-dir "${STJOBS_LOG_DIR}" --redirects 3 --tee 3 --module stjobs.train --model tiny-bert --train-data examples/data/train.jsonl --max-steps 20
