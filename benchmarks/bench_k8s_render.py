@@ -63,7 +63,7 @@ def in_process(work: Path, seconds: float = 2.0) -> dict[str, float]:
     import yaml
 
     import stjobs
-    from stjobs.backends import k8s_manifest
+    from stjobs.backends.k8s import manifest as k8s_manifest
     from stjobs.launch import build_launch
 
     spec = stjobs.load_spec(work / "spec.yaml")

@@ -13,7 +13,7 @@ __version__ = "0.1.0"
 
 _EXPORTS = {
     "cancel": "stjobs.api", "job_status": "stjobs.api", "logs": "stjobs.api", "render": "stjobs.api",
-    "render_to": "stjobs.api", "render_job": "stjobs.api", "render_image": "stjobs.api",
+    "render_to": "stjobs.api", "render_job": "stjobs.api", "render_image": "stjobs.api", "build_image": "stjobs.api",
     "status": "stjobs.api", "submit": "stjobs.api", "wait": "stjobs.api",
     "load_spec": "stjobs.config", "validate_spec": "stjobs.config",
     "RenderError": "stjobs.errors", "SpecError": "stjobs.errors", "StjobsError": "stjobs.errors",
@@ -28,7 +28,7 @@ _EXPORTS = {
 }
 __all__ = [
     "BenchOptions", "BenchReport", "run_bench", "strategy_warning", "EnvError", "InputError", "OutputError",
-    "JobRecord", "JobSpec", "JobStatus", "LaunchPlan", "Launcher", "Plan", "RenderError", "RenderedFile",
+    "build_image", "JobRecord", "JobSpec", "JobStatus", "LaunchPlan", "Launcher", "Plan", "RenderError", "RenderedFile",
     "SpecError", "State", "StjobsError", "Strategy", "SubmitError", "UsageError", "build_launch", "cancel",
     "job_status", "load_spec", "logs", "render", "render_image", "render_job", "render_to",
     "status", "submit", "validate_spec", "wait",
@@ -50,6 +50,7 @@ def __dir__() -> list[str]:
 
 if TYPE_CHECKING:
     from stjobs.api import (
+        build_image,
         cancel,
         job_status,
         logs,

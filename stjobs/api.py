@@ -8,8 +8,9 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from stjobs import images
 from stjobs.backends import backend_module
-from stjobs.errors import StjobsError, UsageError
+from stjobs.errors import StjobsError
 from stjobs.plan import no_world_write, write_plan
 from stjobs.spec import Strategy
 from stjobs.train.args import DEFAULT_PER_DEVICE_BATCH_SIZE, batch_options
@@ -24,15 +25,8 @@ def render(spec: JobSpec, backend: str = "local", k8s_schemas: str | Path | None
     """The plan for ``spec`` on ``backend``: pure, the same spec always gives byte-identical files.
 
     ``k8s_schemas``: a directory with the Kubeflow CRD files; the k8s backend then checks its manifest strictly
-    against them (without it the plan notes that the check was skipped)."""
-    if backend == "k8s":
-        from stjobs.backends import k8s
-
-        plan = k8s.render(spec, schemas_dir=Path(k8s_schemas) if k8s_schemas else None)
-    elif k8s_schemas is not None:
-        raise UsageError(f"k8s_schemas: only the k8s backend uses CRD schemas, not {backend}")
-    else:
-        plan = backend_module(backend).render(spec)
+    against them (without it the plan notes that the check was skipped); the others refuse it."""
+    plan = backend_module(backend).render(spec, Path(k8s_schemas) if k8s_schemas is not None else None)
     note = batch_note(spec)
     return replace(plan, notes=(*plan.notes, note)) if note else plan
 
@@ -59,16 +53,20 @@ def batch_note(spec: JobSpec) -> str | None:
 def render_job(spec: JobSpec, backend: str = "local", k8s_schemas: str | Path | None = None) -> Plan:
     """What ``stjobs render`` writes: the backend's plan and, for a job that runs in a container image, the image's
     build files under images/ (see :func:`render_image`)."""
-    from stjobs.images import with_image_files
-
-    return with_image_files(render(spec, backend, k8s_schemas))
+    plan = render(spec, backend, k8s_schemas)
+    return images.with_image_files(plan) if backend_module(backend).uses_image(spec) else plan
 
 
 def render_image(spec: JobSpec) -> Plan:
     """The image's build files: GPU and CPU Dockerfiles, an Apptainer definition, pinned requirements."""
-    from stjobs import images
-
     return images.render(spec)
+
+
+def build_image(spec: JobSpec, context: str | Path = ".", builder: str | None = None,
+                extra_args: tuple[str, ...] = ()) -> list[str]:
+    """Build the spec's image from ``context`` (the project root, holding images/ as rendered) with docker,
+    podman or buildah (``builder``, else the first on PATH); returns the command that ran."""
+    return images.build_image(spec, context, builder, extra_args)
 
 
 def render_to(spec: JobSpec, out_dir: str | Path, backend: str = "local", force: bool = False,
@@ -85,12 +83,7 @@ def submit(spec: JobSpec, backend: str = "local", k8s_schemas: str | Path | None
 
     module = backend_module(backend)
     plan = render(spec, backend, k8s_schemas)
-    if backend in ("local", "slurm"):  # both hand the job the submitting environment; k8s uses a Secret
-        from stjobs import preflight
-
-        preflight.check_secrets(spec)
-        if backend == "local":
-            preflight.check_local(spec, options.get("cwd"))
+    module.check(plan, **options)  # what this machine must have (secrets in the environment, paths, ...)
     with no_world_write():
         prepare_jobs_root()
         return module.submit(plan, **options)

@@ -177,9 +177,7 @@ def cmd_image_render(args: argparse.Namespace) -> int:
 
 
 def cmd_image_build(args: argparse.Namespace) -> int:
-    from stjobs.images import build_image
-
-    argv = build_image(spec_from(args), context=args.context, builder=args.builder,
+    argv = api.build_image(spec_from(args), context=args.context, builder=args.builder,
                        extra_args=tuple(args.builder_args))
     print(f"built with: {' '.join(argv)}")
     return 0

@@ -214,8 +214,9 @@ def spec_field(parser: Parser[Any], default: Any = MISSING, doc: str = "") -> An
 
 def internal_field(default: Any) -> Any:
     """A dataclass field that is not part of the spec language: no parser, not in the schema or the spec's data
-    (e.g. where the spec file was read from). :func:`build` leaves it at its default."""
-    return dataclasses.field(default=default, metadata={"internal": True})
+    (e.g. where the spec file was read from), nor compared: two specs of the same fields are equal. :func:`build`
+    leaves it at its default."""
+    return dataclasses.field(default=default, compare=False, metadata={"internal": True})
 
 
 def _spec_fields(block: Any) -> list[dataclasses.Field[Any]]:

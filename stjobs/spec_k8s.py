@@ -16,7 +16,7 @@ from typing import Any
 from stjobs.errors import SpecError
 from stjobs.fields import Boolean, Choice, Integer, Nullable, Number, Parser, Text, Words, spec_field
 
-# Kubernetes' name syntaxes, shared with the manifest checks (backends/k8s_checks.py).
+# Kubernetes' name syntaxes, shared with the manifest checks (backends/k8s/checks.py).
 DNS_LABEL = r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?"
 DNS_1035_LABEL = r"[a-z]([-a-z0-9]{0,61}[a-z0-9])?"
 DNS_SUBDOMAIN = r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*"  # at most 253: checked apart

@@ -9,7 +9,7 @@ nothing is patched into the client.
 
 Faithful:
 - the CRDs are "installed" from the upstream CRD files (the schemas dir): group, version, plural and kind come
-  from them, and every create is validated against their openAPIV3Schema with ``stjobs.backends.k8s_checks``;
+  from them, and every create is validated against their openAPIV3Schema with ``stjobs.backends.k8s.checks``;
 - ``fieldValidation``: Strict answers unknown fields with 400 "strict decoding error", Warn (the default) and
   Ignore prune them (Warn with a ``Warning`` header); other schema errors get 422 Invalid with the field paths;
 - 409 AlreadyExists, 404 NotFound (object, namespace, pod), text/plain "404 page not found" for an API group no
@@ -40,7 +40,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import yaml
 
-from stjobs.backends.k8s_checks import CRD_FILES, load_schema, schema_errors
+from stjobs.backends.k8s.checks import CRD_FILES, load_schema, schema_errors
 
 REPO = Path(__file__).resolve().parent.parent
 SCHEMAS_DIR = REPO.parent / "shared" / "k8s-schemas"

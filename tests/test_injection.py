@@ -38,8 +38,9 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 import stjobs
-from stjobs.backends import k8s_manifest, slurm
-from stjobs.backends.local_run import node_env
+from stjobs.backends.k8s import manifest as k8s_manifest
+from stjobs.backends.local.supervisor import node_env
+from stjobs.backends.slurm import renderer as slurm
 from stjobs.errors import SpecError
 from stjobs.launch import Ref
 from stjobs.plan import Plan, write_plan
@@ -217,7 +218,7 @@ def test_node_script_starts_the_launcher_exactly(stubs: Path, shape: dict[str, A
     plan = stjobs.render(spec, "local")
     with tempfile.TemporaryDirectory() as root:
         run = Run(Path(root), plan, workdir)
-        # What the local supervisor gives each node (stjobs/backends/local_run.py), with the stub as the Python.
+        # What the local supervisor gives each node (stjobs/backends/local/supervisor.py), with the stub as the Python.
         node = node_env(run.job, "inject-1", 0, spec.nodes, {"python": str(stubs / "python3"), "rdzv_port": 29511})
         node.update({"PATH": f"{stubs}{os.pathsep}{os.environ['PATH']}", SECRET: secret})
         run.bash("launch.sh", node)

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from stjobs.backends.k8s_checks import CRD_FILES, check_manifest, load_schema, rule_errors, schema_errors
+from stjobs.backends.k8s.checks import CRD_FILES, check_manifest, load_schema, rule_errors, schema_errors
 from stjobs.errors import RenderError
 
 SCHEMAS = Path(__file__).resolve().parents[2] / "shared" / "k8s-schemas"

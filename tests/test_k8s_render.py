@@ -11,8 +11,8 @@ import pytest
 import yaml
 
 import stjobs
-from stjobs.backends.k8s_checks import check_manifest
-from stjobs.backends.k8s_podcheck import pod_templates
+from stjobs.backends.k8s.checks import check_manifest
+from stjobs.backends.k8s.podcheck import pod_templates
 from stjobs.errors import RenderError, SpecError
 from tests.conftest import EXAMPLES, REPO, offline_env, stjobs_bin
 from tests.k8s_emulate import expand
@@ -253,7 +253,8 @@ def test_pod_templates_pass_the_core_kubernetes_schema(name: str) -> None:
 
 
 def test_core_pod_check_refuses_a_bad_pod(monkeypatch: pytest.MonkeyPatch) -> None:
-    from stjobs.backends import k8s_manifest, k8s_podcheck
+    from stjobs.backends.k8s import manifest as k8s_manifest
+    from stjobs.backends.k8s import podcheck as k8s_podcheck
 
     real = k8s_manifest.pod_spec
     monkeypatch.setattr(k8s_manifest, "pod_spec", lambda *a: {**real(*a), "hostNetwork": "yes please"})

@@ -20,7 +20,8 @@ import pytest
 import yaml
 
 import stjobs
-from stjobs.backends import k8s_control
+from stjobs.backends.k8s import control as k8s_control
+from stjobs.backends.k8s import logstream
 from stjobs.cli import main
 from stjobs.errors import SubmitError
 from stjobs.jobs import JobRecord, State, jobs_root, load_record
@@ -229,7 +230,7 @@ def test_logs_follow_streams_until_the_job_ends(fake: FakeKube) -> None:
     master, worker = fake.add_pytorchjob_pods("tiny", ["[rank0]: start\n", ""])
     fake.set_pod_phase(worker, "Pending")  # still pulling its image: 400 until it starts
     got: list[str] = []
-    reader = threading.Thread(target=lambda: got.extend(k8s_control.logs(load_record(record.job_id), follow=True,
+    reader = threading.Thread(target=lambda: got.extend(logstream.logs(load_record(record.job_id), follow=True,
                                                                            poll_s=0.05)))
     reader.start()
     wait_for(lambda: "[rank0]: start\n" in got)

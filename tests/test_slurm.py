@@ -17,8 +17,8 @@ from typing import Any
 import pytest
 
 import stjobs
-from stjobs.backends import slurm
-from stjobs.backends.slurm_submit import submitit_parameters
+from stjobs.backends.slurm import renderer as slurm
+from stjobs.backends.slurm.submission import submitit_parameters
 from stjobs.train.events import parse_events
 from tests.conftest import EXAMPLES, REPO, VENV_BIN, cli, job_of, job_state, offline_env, stjobs_bin
 from tests.slurm_cluster import NODES, PARTITION, ensure_cluster
@@ -79,7 +79,7 @@ def test_submitit_node_task_holds_the_requeue_cap(restarts: str, cap: int, child
                                                   ) -> None:
     import signal
 
-    from stjobs.backends.slurm_task import OUT_OF_REQUEUES_EXIT, NodeTask
+    from stjobs.backends.slurm.task import OUT_OF_REQUEUES_EXIT, NodeTask
 
     monkeypatch.setenv("SLURM_RESTART_COUNT", restarts)
     monkeypatch.setenv("SLURM_PROCID", "1")  # not the task that would run scontrol requeue

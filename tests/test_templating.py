@@ -150,3 +150,14 @@ def test_the_wheel_less_environment_is_cached_per_directory(tmp_path: Path) -> N
     site = site_dir(tmp_path, sbatch__sh__j2="x")
     assert templating.environment(site) is templating.environment(site)
     assert templating.environment(site) is not templating.environment(None)
+
+
+def test_submitit_refuses_a_site_batch_template_instead_of_ignoring_it(tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """submitit writes its own batch script: a site's sbatch.sh.j2 would be dropped without a word."""
+    monkeypatch.setenv("STJOBS_HOME", str(tmp_path / "home"))
+    spec = stjobs.load_spec(SITE_EXAMPLE)
+    with pytest.raises(stjobs.UsageError, match=r"^--sbatch: got a site batch template .*sbatch.sh.j2\) without "
+                                                r"--sbatch; expected --sbatch"):
+        stjobs.submit(spec, "slurm")
+    assert not (tmp_path / "home").exists() or not any((tmp_path / "home").rglob("stjobs.yaml"))

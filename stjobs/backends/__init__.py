@@ -1,8 +1,10 @@
-"""The closed table of backends. Each module offers the same functions:
+"""The closed table of backends. Each is a package whose ``__init__`` offers the same functions:
 
-``render(spec) -> Plan`` (pure), ``submit(plan, ...) -> JobRecord`` (side effects), and for job control
-``status(record)``, ``logs(record, follow, rank)``, ``cancel(record)``. Modules are imported on first use, so
-rendering for one backend never imports another backend's client library.
+``render(spec, k8s_schemas) -> Plan`` (pure), ``uses_image(spec)`` (whether the job runs in the spec's image, so
+its build files come with the render), ``check(plan, ...)`` (what must hold on this machine before anything is
+written), ``submit(plan, ...) -> JobRecord`` (side effects), and for job control ``status(record)``,
+``logs(record, follow, rank)``, ``cancel(record)``. Packages are imported on first use, so rendering for one
+backend never imports another backend's client library; what several backends share is in ``common``.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from stjobs.errors import UsageError
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
+    from pathlib import Path
 
     from stjobs.jobs import JobRecord, JobStatus
     from stjobs.plan import Plan
@@ -23,7 +26,11 @@ if TYPE_CHECKING:
 class Backend(Protocol):
     NAME: str
 
-    def render(self, spec: JobSpec) -> Plan: ...
+    def render(self, spec: JobSpec, k8s_schemas: Path | None = None) -> Plan: ...
+
+    def uses_image(self, spec: JobSpec) -> bool: ...
+
+    def check(self, plan: Plan, **options: Any) -> None: ...
 
     def submit(self, plan: Plan, **options: Any) -> JobRecord: ...
 
@@ -32,6 +39,7 @@ class Backend(Protocol):
     def logs(self, record: JobRecord, follow: bool = False, rank: int | None = None) -> Iterator[str]: ...
 
     def cancel(self, record: JobRecord) -> JobStatus: ...
+
 
 BACKENDS: dict[str, str] = {
     "local": "stjobs.backends.local",

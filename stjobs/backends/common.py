@@ -1,9 +1,13 @@
-"""Artifacts every backend renders the same way: the node launch script and the resolved spec."""
+"""What the backends share, below all of them: the node launch script and the resolved spec every backend
+renders the same way, and the refusals and checks several of them make."""
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 from stjobs import yamlio
-from stjobs.errors import SpecError
+from stjobs.errors import SpecError, UsageError
 from stjobs.launch import RUNTIME_VARS, LaunchPlan
 from stjobs.plan import RenderedFile
 from stjobs.spec import JobSpec
@@ -55,3 +59,19 @@ def refuse_elastic(spec: JobSpec, backend: str) -> None:
     if spec.elastic:
         raise SpecError("nodes", f"{spec.min_nodes}:{spec.nodes}", f"a fixed node count on the {backend} backend "
                         "(elastic 'MIN:MAX' runs as a k8s PyTorchJob)")
+
+
+def refuse_schemas(k8s_schemas: Path | None, backend: str) -> None:
+    """Only Kubernetes manifests are checked against CRD schemas; asking for it elsewhere is a mistake."""
+    if k8s_schemas is not None:
+        raise UsageError(f"k8s_schemas: only the k8s backend uses CRD schemas, not {backend}")
+
+
+def check_secrets(spec: JobSpec) -> None:
+    """Each secret the spec names is in this environment, for backends that hand the job this environment
+    (local, and SLURM's sbatch --export=ALL). Only names are looked at and shown, never values; an empty
+    value counts as set, as in the node script's own check (``${NAME+x}``)."""
+    for index, name in enumerate(spec.secrets):
+        if name not in os.environ:
+            raise SpecError(f"secrets[{index}]", name, f"a variable set where you submit (export {name}=... "
+                            "first; the job takes its value from this environment, never from a file)")

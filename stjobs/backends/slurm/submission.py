@@ -19,12 +19,23 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from stjobs.backends import slurm
-from stjobs.errors import SubmitError
+from stjobs.backends import common
+from stjobs.backends.slurm import renderer as slurm
+from stjobs.errors import SubmitError, UsageError
 from stjobs.jobs import JobRecord, jobs_root, new_job_id
 from stjobs.launch import Arg, Ref
 from stjobs.plan import Plan, write_plan
 from stjobs.spec import JobSpec
+
+
+def check(plan: Plan, sbatch: bool = False, cwd: str | Path | None = None, executor: Any = None) -> None:
+    """Before anything is written: the job takes this environment (sbatch --export=ALL), and a site's batch
+    template only reaches SLURM through plain sbatch (submitit writes a batch script of its own)."""
+    common.check_secrets(plan.spec)
+    site = plan.file(slurm.SBATCH_FILE).site_template
+    if site is not None and not sbatch:
+        raise UsageError(f"--sbatch: got a site batch template ({site}) without --sbatch; expected --sbatch "
+                         "(submitit writes its own batch script, so the site's would be ignored)")
 
 
 def submit(plan: Plan, sbatch: bool = False, cwd: str | Path | None = None, executor: Any = None) -> JobRecord:
@@ -62,7 +73,7 @@ def _submit_sbatch(job_dir: Path, workdir: Path) -> tuple[str, dict[str, object]
 
 
 def _submit_submitit(plan: Plan, job_dir: Path, workdir: Path, executor: Any) -> tuple[str, dict[str, object]]:
-    from stjobs.backends.slurm_task import NodeTask
+    from stjobs.backends.slurm.task import NodeTask
 
     spec = plan.spec
     if executor is None:

@@ -1,4 +1,4 @@
-"""SLURM backend: a batch script for plain ``sbatch`` and the same job through submitit.
+"""Rendering a SLURM job: the batch script for plain ``sbatch``, and the mapping submitit gets too.
 
 One srun task per node runs the shared node launch script (torchrun with ``--nproc-per-node`` = processes per
 node): never one task per GPU plus torchrun, which makes every GPU visible to several agents. The rendezvous host
@@ -9,18 +9,14 @@ job at once instead of falling back to localhost (each node would form a world o
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from pathlib import Path
 
-from stjobs.backends.common import NODE_SCRIPT, launch_files, node_script, refuse_elastic, spec_file
-from stjobs.backends.slurm_task import OUT_OF_REQUEUES_EXIT
+from stjobs.backends.common import NODE_SCRIPT, launch_files, node_script, refuse_elastic, refuse_schemas, spec_file
+from stjobs.backends.slurm.task import OUT_OF_REQUEUES_EXIT
 from stjobs.launch import Arg, Ref, build_launch
 from stjobs.plan import Plan
 from stjobs.spec import Container, JobSpec
 from stjobs.templating import render_file
-
-if TYPE_CHECKING:
-    from stjobs.jobs import JobRecord, JobStatus
 
 NAME = "slurm"
 SBATCH_FILE = "job.sbatch"
@@ -127,7 +123,8 @@ def pyxis_image(image: str) -> str:
     return image
 
 
-def render(spec: JobSpec) -> Plan:
+def render(spec: JobSpec, k8s_schemas: Path | None = None) -> Plan:
+    refuse_schemas(k8s_schemas, NAME)
     refuse_elastic(spec, NAME)
     launch = build_launch(spec)
     params = sbatch_parameters(spec)
@@ -135,8 +132,9 @@ def render(spec: JobSpec) -> Plan:
     options.append(f"--output={OUTPUT_PATTERN}")
     options += list(spec.slurm.extra_sbatch)  # the one escape hatch, last so it can override
     batch = render_file(
-        SBATCH_FILE, "sbatch.sh.j2", spec, executable=True, name=spec.name, nodes=spec.nodes, procs_per_node=spec.procs_per_node,
-        sbatch_file=SBATCH_FILE, sbatch_options=options, node_script=NODE_SCRIPT, job_setup=job_setup(spec),
+        SBATCH_FILE, "sbatch.sh.j2", spec, executable=True,
+        name=spec.name, nodes=spec.nodes, procs_per_node=spec.procs_per_node, sbatch_file=SBATCH_FILE,
+        sbatch_options=options, node_script=NODE_SCRIPT, job_setup=job_setup(spec),
         user_setup=spec.slurm.setup, signal_lead_s=spec.slurm.signal_lead_s,
         max_requeues=spec.slurm.max_requeues, out_of_requeues_exit=OUT_OF_REQUEUES_EXIT,
         srun=["srun", *srun_options(spec), *node_command(spec)],
@@ -150,26 +148,6 @@ def render(spec: JobSpec) -> Plan:
                 spec=spec, notes=tuple(notes))
 
 
-# Side effects live in slurm_submit / slurm_control, imported on first use so `render` stays light.
-def submit(plan: Plan, **options: Any) -> JobRecord:
-    from stjobs.backends import slurm_submit
-
-    return slurm_submit.submit(plan, **options)
-
-
-def status(record: JobRecord) -> JobStatus:
-    from stjobs.backends import slurm_control
-
-    return slurm_control.status(record)
-
-
-def logs(record: JobRecord, follow: bool = False, rank: int | None = None) -> Iterator[str]:
-    from stjobs.backends import slurm_control
-
-    return slurm_control.logs(record, follow=follow, rank=rank)
-
-
-def cancel(record: JobRecord) -> JobStatus:
-    from stjobs.backends import slurm_control
-
-    return slurm_control.cancel(record)
+def uses_image(spec: JobSpec) -> bool:
+    """A SLURM job runs in the spec's image when pyxis or Apptainer starts it (then its build files come along)."""
+    return spec.image is not None and spec.slurm.container is not Container.none

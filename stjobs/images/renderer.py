@@ -2,19 +2,18 @@
 
 ``spec.image`` is the one name every backend uses (pyxis, Apptainer, the Kubernetes manifests); ``spec.build``
 pins what goes into it. The files are meant for ``images/`` in the project, with the project root as the build
-context, so the code copied into the image is the code the job runs. Rendering is pure; ``build_image`` is the
-only function here with side effects (it runs a builder found on the machine).
+context, so the code copied into the image is the code the job runs. Rendering is pure: the one side effect,
+building, is in build.py.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import shlex
-from pathlib import Path
 from typing import Any
 
 from stjobs import __version__
-from stjobs.errors import SpecError, SubmitError
+from stjobs.errors import SpecError
 from stjobs.plan import Plan, RenderedFile
 from stjobs.spec import JobSpec
 from stjobs.spec_image import CPU_BASE, GPU_BASE, IMAGE_WORKDIR, CodeMode, Variant
@@ -154,45 +153,8 @@ def render(spec: JobSpec) -> Plan:
                 launch=None, spec=spec, notes=notes)
 
 
-def uses_image(spec: JobSpec, backend: str) -> bool:
-    """Whether ``backend`` runs ``spec`` in a container image (whose build files then come with its render)."""
-    if spec.image is None:
-        return False
-    return backend == "k8s" or (backend == "slurm" and spec.slurm.container.value != "none")
-
-
 def with_image_files(plan: Plan) -> Plan:
-    """``plan`` plus the image's build files under images/, when its backend runs the job in a container."""
-    if not uses_image(plan.spec, plan.backend):
-        return plan
+    """``plan`` plus the image's build files under images/ (for a backend that runs the job in the image)."""
     extra = tuple(dataclasses.replace(item, path=f"{FILES_DIR}/{item.path}") for item in image_files(plan.spec))
     note = f"image: build files in {FILES_DIR}/ (`{shlex.join(build_command(plan.spec, variant_of(plan.spec)))}`)"
     return dataclasses.replace(plan, files=plan.files + extra, notes=(*plan.notes, note))
-
-
-def find_builder(preferred: str | None = None) -> str:
-    """The first of docker, podman, buildah on PATH (or the one asked for)."""
-    import shutil  # builds only: renders stay free of process and PATH probing
-    for name in ([preferred] if preferred else BUILDERS):
-        if shutil.which(name):
-            return name
-    wanted = preferred or " or ".join(BUILDERS)
-    raise SubmitError(f"image build: no {wanted} on PATH; install one, or build {FILES_DIR}/ elsewhere")
-
-
-def build_image(spec: JobSpec, context: str | Path = ".", builder: str | None = None,
-                extra_args: tuple[str, ...] = ()) -> list[str]:
-    """Build the spec's image from ``context`` (which holds ``images/`` as rendered); returns the command run."""
-    image_name(spec)
-    tool = find_builder(builder)
-    argv = build_command(spec, variant_of(spec), tool)
-    argv[2:2] = list(extra_args)  # after `build`: e.g. --build-arg PIP_FIND_LINKS=... or --volume for buildah
-    missing = [f for f in (f"{FILES_DIR}/{dockerfile_name(variant_of(spec))}",) if not (Path(context) / f).is_file()]
-    if missing:
-        raise SubmitError(f"image build: {missing[0]} is missing in {context}; run stjobs image render first")
-    import subprocess
-
-    done = subprocess.run(argv, cwd=context)
-    if done.returncode != 0:
-        raise SubmitError(f"image build: {tool} exited with {done.returncode} ({shlex.join(argv)})")
-    return argv

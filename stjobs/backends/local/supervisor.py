@@ -1,4 +1,4 @@
-"""The supervisor of one local job: ``python -m stjobs.backends.local_run JOB_DIR``.
+"""The supervisor of one local job: ``python -m stjobs.backends.local.supervisor JOB_DIR``.
 
 It starts one node launch script per node, ends the others when one fails (as ``srun --kill-on-bad-exit``
 does: a lone survivor would wait at the next collective until its timeout), forwards a cancel, and records
@@ -17,7 +17,7 @@ from pathlib import Path
 from types import FrameType
 
 from stjobs.backends.common import NODE_SCRIPT
-from stjobs.backends.local import OUTPUT_LOG, STATUS_FILE
+from stjobs.backends.local.jobdir import OUTPUT_LOG, STATUS_FILE
 from stjobs.jobs import State, load_record_at, write_json
 
 GRACE_S = 30.0

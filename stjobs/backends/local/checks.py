@@ -1,4 +1,4 @@
-"""Checks that need this machine, made by ``submit`` before anything is written or started.
+"""Checks of a local job against this machine, made by ``submit`` before anything is written or started.
 
 Rendering stays pure and machine-independent (a SLURM or Kubernetes job's script lives on the cluster or in the
 image, and the golden examples name paths that exist nowhere here), so it never looks at the file system. A
@@ -33,13 +33,3 @@ def check_local(spec: JobSpec, cwd: str | Path | None = None) -> None:
         if found is None or not (os.path.isfile(found) and os.access(found, os.X_OK)):
             raise SpecError("local.python", python, "an executable Python interpreter on this machine (a path, "
                             "or a name found on PATH)")
-
-
-def check_secrets(spec: JobSpec) -> None:
-    """Each secret the spec names is in this environment, for backends that hand the job this environment
-    (local, and SLURM's sbatch --export=ALL). Only names are looked at and shown, never values; an empty
-    value counts as set, as in the node script's own check (``${NAME+x}``)."""
-    for index, name in enumerate(spec.secrets):
-        if name not in os.environ:
-            raise SpecError(f"secrets[{index}]", name, f"a variable set where you submit (export {name}=... "
-                            "first; the job takes its value from this environment, never from a file)")

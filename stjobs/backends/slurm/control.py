@@ -9,7 +9,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from stjobs.backends.slurm_task import OUT_OF_REQUEUES_EXIT
+from stjobs.backends.slurm.task import OUT_OF_REQUEUES_EXIT
 from stjobs.errors import SubmitError
 from stjobs.jobs import JobRecord, JobStatus, State, follow_files, wait_until_finished
 

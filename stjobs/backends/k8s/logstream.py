@@ -1,6 +1,6 @@
 """Logs of a Kubeflow job's pods: each pod's log in rank order, or all of them followed at once.
 
-Split from k8s_control (which lists the pods and owns the client): reading streams is the one part with threads.
+Apart from control and client (which list the pods and own the client): reading streams is the one part with threads.
 """
 
 from __future__ import annotations
@@ -13,7 +13,8 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-from stjobs.backends.k8s_control import REQUEST_TIMEOUT_S, Target, _pods, api_errors, kube, status, target
+from stjobs.backends.k8s.client import REQUEST_TIMEOUT_S, Target, api_errors, kube, pods, target
+from stjobs.backends.k8s.control import status
 from stjobs.jobs import JobRecord
 
 FOLLOW_GRACE_S = 10.0  # after the job ended, how long a log stream may stay open (its container has exited)
@@ -28,7 +29,7 @@ def logs(record: JobRecord, follow: bool = False, rank: int | None = None, api_c
         if follow:
             yield from _follow(record, job, prefix, poll_s)
             return
-        for pod in _pods(job):
+        for pod in pods(job):
             name = pod["metadata"]["name"]
             try:
                 response = _open_log(job, name, follow=False)
@@ -86,7 +87,7 @@ def _follow(record: JobRecord, job: Target, prefix: str | None, poll_s: float) -
             if finished and not stop.is_set():
                 stop.set()
                 grace_end = time.monotonic() + FOLLOW_GRACE_S
-            for name in (pod["metadata"]["name"] for pod in _pods(job)):
+            for name in (pod["metadata"]["name"] for pod in pods(job)):
                 if name not in started:
                     started.add(name)
                     live += 1

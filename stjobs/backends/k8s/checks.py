@@ -2,7 +2,7 @@
 
 ``rule_errors`` holds what the operators' webhooks and Kubernetes itself enforce but the CRD does not encode
 (DNS-1035 names, one Master, the ``pytorch`` container and its port, label syntax, reserved ``PET_*`` env,
-credentials only by reference). ``check_manifest`` runs them always and the strict schema walk of k8s_schema when
+credentials only by reference). ``check_manifest`` runs them always and the strict schema walk of schema.py when
 a schemas directory was given, and returns the line the plan prints.
 """
 
@@ -13,7 +13,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from stjobs.backends.k8s_schema import CRD_FILES, _dict, _json, _key, _show, load_schema, schema_errors
+from stjobs.backends.k8s.schema import CRD_FILES, _dict, _json, _key, _show, load_schema, schema_errors
 from stjobs.errors import RenderError
 from stjobs.spec_k8s import DNS_1035_LABEL, DNS_LABEL, DNS_SUBDOMAIN, LABEL_NAME
 

@@ -7,7 +7,7 @@ skipped.
 
 Limitations, on purpose (the validator is ours, so no jsonschema dependency):
 - ``x-kubernetes-validations`` (CEL) are not evaluated: TrainJob's storageUri form, managedBy values, immutability.
-  The TrainJob name rules it carries in CEL are mirrored in k8s_checks' rules.
+  The TrainJob name rules it carries in CEL are mirrored in checks.py's rules.
 - ``format`` is checked for int32/int64 only (date-time appears in status alone); ``not`` is not supported.
 - Stricter than the server where the difference means a renderer bug: an explicit null on a non-nullable field is
   an error (the server would prune it) and a float is not an integer. Defaults are applied to list-map keys only.

@@ -1,23 +1,20 @@
-"""Kubernetes backend: a Kubeflow PyTorchJob (default) or TrainJob, rendered for ``kubectl apply -k`` and
-submitted with the kubernetes client.
+"""Rendering a Kubeflow PyTorchJob (default) or TrainJob for ``kubectl apply -k``.
 
-The manifest is built as data and written by stjobs.yamlout (PyYAML's dumper costs more than the whole rest of
-rendering); it is checked at render time by stjobs' own rules
-and, when the CRD schemas are at hand (``schemas_dir``, the CLI's ``--k8s-schemas`` or ``STJOBS_K8S_SCHEMAS``),
-strictly against the official CRD: unknown fields fail here instead of being pruned by the API server.
+The manifest is built as data (manifest.py) and written by PyYAML (stjobs.yamlio); it is checked at render time
+by stjobs' own rules (checks.py) and, when the CRD schemas are at hand (``k8s_schemas``: the CLI's
+``--k8s-schemas`` or ``STJOBS_K8S_SCHEMAS``), strictly against the official CRD: unknown fields fail here
+instead of being pruned by the API server.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from enum import Enum
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
 
 from stjobs import yamlio
-from stjobs.backends import k8s_manifest
 from stjobs.backends.common import spec_file
-from stjobs.backends.k8s_checks import check_manifest
+from stjobs.backends.k8s import manifest as k8s_manifest
+from stjobs.backends.k8s.checks import check_manifest
 from stjobs.errors import SpecError
 from stjobs.launch import build_launch
 from stjobs.plan import Plan, RenderedFile
@@ -25,14 +22,14 @@ from stjobs.spec import JobSpec
 from stjobs.spec_image import IMAGE_WORKDIR, CodeMode
 from stjobs.spec_k8s import K8sOptions, Kind, Scheduler
 
-if TYPE_CHECKING:
-    from stjobs.jobs import JobRecord, JobStatus
-
 NAME = "k8s"
 KUSTOMIZATION = "kustomization.yaml"
 MANIFEST_FILES = {Kind.pytorchjob: "pytorchjob.yaml", Kind.trainjob: "trainjob.yaml"}
 
-def render(spec: JobSpec, schemas_dir: Path | None = None) -> Plan:
+def render(spec: JobSpec, k8s_schemas: Path | None = None) -> Plan:
+    """The manifest and its kustomization; with ``k8s_schemas`` (a directory of the Kubeflow CRD files) checked
+    strictly against the official CRD and the core pod schema, else the plan notes that the check was skipped."""
+    schemas_dir = k8s_schemas
     if spec.image is None:
         raise SpecError("image", None, "a container image for the k8s backend (e.g. ghcr.io/org/train:1.0)")
     if spec.k8s.kind is Kind.trainjob:
@@ -57,7 +54,7 @@ def render(spec: JobSpec, schemas_dir: Path | None = None) -> Plan:
              RenderedFile(KUSTOMIZATION, yamlio.dump(kustomization)), spec_file(spec))
     notes = [check_note]
     if schemas_dir is not None:  # the full check was asked for: also the pods against the core schemas
-        from stjobs.backends.k8s_podcheck import check_pod_templates
+        from stjobs.backends.k8s.podcheck import check_pod_templates
 
         notes.append(check_pod_templates(manifest))
     if spec.secrets:
@@ -89,26 +86,6 @@ def _refuse_for_trainjob(spec: JobSpec) -> None:
                             "set it in the ClusterTrainingRuntime)")
 
 
-# Side effects live in k8s_control, imported on first use so `render` never imports the kubernetes client.
-def submit(plan: Plan, **options: Any) -> JobRecord:
-    from stjobs.backends import k8s_control
-
-    return k8s_control.submit(plan, **options)
-
-
-def status(record: JobRecord) -> JobStatus:
-    from stjobs.backends import k8s_control
-
-    return k8s_control.status(record)
-
-
-def logs(record: JobRecord, follow: bool = False, rank: int | None = None) -> Iterator[str]:
-    from stjobs.backends import k8s_control
-
-    return k8s_control.logs(record, follow=follow, rank=rank)
-
-
-def cancel(record: JobRecord) -> JobStatus:
-    from stjobs.backends import k8s_control
-
-    return k8s_control.cancel(record)
+def uses_image(spec: JobSpec) -> bool:
+    """Every Kubernetes job runs in the spec's image: its build files always come with the render."""
+    return True

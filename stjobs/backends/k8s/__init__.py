@@ -1,0 +1,49 @@
+"""Kubernetes backend: a Kubeflow PyTorchJob (default) or TrainJob, rendered for ``kubectl apply -k`` and
+submitted with the kubernetes client.
+
+This is the face of the backend; the work is in renderer (pure: manifest builds the object as data, checks and
+schema hold it to our rules and the official CRDs, podcheck to the core pod schema), control (submit, status,
+cancel), logstream (logs) and client (reaching the API server). Control and logs are imported on first use, so a
+render never imports the kubernetes client.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+from stjobs.backends.k8s.renderer import NAME, render, uses_image
+
+if TYPE_CHECKING:
+    from stjobs.jobs import JobRecord, JobStatus
+    from stjobs.plan import Plan
+
+__all__ = ["NAME", "cancel", "check", "logs", "render", "status", "submit", "uses_image"]
+
+
+def check(plan: Plan, **options: Any) -> None:
+    """Nothing of this machine's: the job's secrets come from a Secret in the cluster, named in the plan."""
+
+
+def submit(plan: Plan, **options: Any) -> JobRecord:
+    from stjobs.backends.k8s import control
+
+    return control.submit(plan, **options)
+
+
+def status(record: JobRecord) -> JobStatus:
+    from stjobs.backends.k8s import control
+
+    return control.status(record)
+
+
+def logs(record: JobRecord, follow: bool = False, rank: int | None = None) -> Iterator[str]:
+    from stjobs.backends.k8s import logstream
+
+    return logstream.logs(record, follow=follow, rank=rank)
+
+
+def cancel(record: JobRecord) -> JobStatus:
+    from stjobs.backends.k8s import control
+
+    return control.cancel(record)

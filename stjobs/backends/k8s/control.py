@@ -1,0 +1,157 @@
+"""Submit, status and cancel of Kubeflow jobs, through the official kubernetes client.
+
+The only k8s code with side effects (logs are read by logstream). Every function takes an ``api_client``; see
+:mod:`stjobs.backends.k8s.client` for how one is found without it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+from stjobs import jobs, yamlio
+from stjobs.backends.k8s.client import (
+    RESOURCES,
+    Resource,
+    Target,
+    api_errors,
+    kube,
+    new_client,
+    one_line,
+    pods,
+    status_body,
+    target,
+)
+from stjobs.backends.k8s.renderer import MANIFEST_FILES
+from stjobs.errors import SubmitError
+from stjobs.jobs import JobRecord, JobStatus, State
+from stjobs.plan import Plan, write_plan
+
+CANCELLED_MARKER = "k8s-cancelled"  # in the job dir: we deleted the object, so its absence is no loss
+FINAL_STATE = "k8s-final.json"  # the last finished state seen: the object may go later (TTL, cancel)
+TOLD = ("Failed", "Suspended", "Restarting")  # conditions whose message is worth a status line
+
+
+def submit(plan: Plan, api_client: Any = None) -> JobRecord:
+    """Create the rendered object with strict field validation; on any failure no job directory is left."""
+    content = next(item.content for item in plan.files if item.path in MANIFEST_FILES.values())
+    body = yamlio.read(content)
+    meta = body["metadata"]
+    job = Target(api_client if api_client is not None else new_client(), RESOURCES[body["kind"]],
+                 meta.get("namespace", "default"), meta["name"])
+    job_id = jobs.new_job_id(plan.job_name)
+    job_dir = jobs.jobs_root() / job_id
+    write_plan(plan, job_dir)
+    created = False
+    try:
+        with api_errors(job.host, f"{job.resource.kind} {job.name}"):
+            _create(job, body)
+        created = True
+        r = job.resource
+        record = JobRecord(job_id=job_id, backend="k8s", name=plan.job_name, job_dir=str(job_dir),
+                           submitted_at=time.time(), nodes=plan.spec.nodes, procs_per_node=plan.spec.procs_per_node,
+                           details={"namespace": job.namespace, "name": job.name, "kind": r.kind, "group": r.group,
+                                    "version": r.version, "plural": r.plural, "server": job.host})
+        record.save()
+    except BaseException:
+        shutil.rmtree(job_dir, ignore_errors=True)
+        if created:  # the record could not be saved: take the object back rather than leave it untracked
+            with contextlib.suppress(Exception):
+                job.custom("delete_namespaced_custom_object", job.name, propagation_policy="Foreground")
+        raise
+    return record
+
+
+def _create(job: Target, body: dict[str, Any]) -> None:
+    r, name, namespace = job.resource, job.name, job.namespace
+    try:
+        job.custom("create_namespaced_custom_object", body, field_validation="Strict")
+    except kube().client.exceptions.ApiException as error:
+        if error.status == 409:
+            earlier = [old.job_id for old in jobs.list_records() if old.backend == "k8s"
+                       and (old.details.get("name"), old.details.get("namespace")) == (name, namespace)]
+            how = f"stjobs cancel {earlier[-1]}" if earlier else "stjobs cancel"
+            raise SubmitError(f"k8s: {r.kind} {name} already exists in namespace {namespace} (delete it with {how} "
+                              f"or kubectl delete {r.plural}.{r.group} {name} -n {namespace})") from None
+        if error.status == 404:
+            details = status_body(error).get("details")
+            if isinstance(details, dict) and details.get("kind") == "namespaces":
+                raise SubmitError(f"k8s: namespace {namespace} does not exist (kubectl create namespace "
+                                  f"{namespace}, or set k8s.namespace)") from None
+            raise SubmitError(f"k8s: the {r.kind} CRD is not installed ({r.provider}): the API server has no "
+                              f"{r.plural}.{r.group}/{r.version}") from None
+        raise
+
+
+def status(record: JobRecord, api_client: Any = None) -> JobStatus:
+    job = target(record, api_client)
+    with api_errors(job.host, f"reading {job.resource.kind} {job.name}"):
+        try:
+            obj = job.custom("get_namespaced_custom_object", job.name)
+        except kube().client.exceptions.ApiException as error:
+            if error.status == 404:
+                return _gone(record)
+            raise
+        condition = _newest_condition(obj, job.resource)
+        kind = str(condition["type"]) if condition else None
+        state = job.resource.states[kind] if kind else State.PENDING
+        # A TrainJob has no Running condition: a running pod is the sign.
+        if job.resource.kind == "TrainJob" and kind in (None, "Created") and any(
+                pod.get("status", {}).get("phase") == "Running" for pod in pods(job)):
+            state = State.RUNNING
+    reason = ""
+    if condition is not None and kind in TOLD:
+        reason = one_line(condition.get("message") or condition.get("reason") or kind)
+    if obj.get("metadata", {}).get("deletionTimestamp") and not state.finished:
+        reason = "being deleted (its pods stop first)"
+    final = Path(record.job_dir) / FINAL_STATE
+    if state.finished and not final.exists():
+        with contextlib.suppress(OSError):  # a job dir removed by hand: the status still stands
+            jobs.write_json(final, {"state": state.value, "reason": reason})
+    return JobStatus(record, state, reason=reason)
+
+
+def _newest_condition(obj: dict[str, Any], resource: Resource) -> dict[str, Any] | None:
+    """The newest True condition (None before the operator has seen the job); a tie (same second) goes to the
+    later state in a job's life."""
+    order = list(resource.states)
+    conditions = [c for c in obj.get("status", {}).get("conditions") or []
+                  if c.get("status") == "True" and c.get("type") in resource.states]
+    return max(conditions, key=lambda c: (str(c.get("lastTransitionTime") or ""), order.index(c["type"])),
+               default=None)
+
+
+def _gone(record: JobRecord) -> JobStatus:
+    job_dir = Path(record.job_dir)
+    final = jobs.read_json(job_dir / FINAL_STATE)
+    if final is not None:  # finished, then deleted (TTL or cancel): it stays finished
+        return JobStatus(record, State(str(final["state"])), reason=str(final.get("reason") or ""))
+    if (job_dir / CANCELLED_MARKER).exists():
+        return JobStatus(record, State.CANCELLED)
+    return JobStatus(record, State.LOST, reason="the object is gone from the cluster")
+
+
+def cancel(record: JobRecord, api_client: Any = None, wait_s: float = 60.0) -> JobStatus:
+    """Delete the object, even a finished one (its name blocks a resubmission), with foreground propagation so
+    the pods go first; then wait until it is gone."""
+    job = target(record, api_client)
+    status(record, job.client)  # a finished outcome is kept (FINAL_STATE) before the object goes
+    marker = Path(record.job_dir) / CANCELLED_MARKER
+    marker.write_text("deleted by stjobs cancel\n", encoding="utf-8")  # first: the delete may land and we die
+    try:
+        with api_errors(job.host, f"deleting {job.resource.kind} {job.name}"):
+            try:
+                job.custom("delete_namespaced_custom_object", job.name, propagation_policy="Foreground")
+            except kube().client.exceptions.ApiException as error:
+                if error.status != 404:
+                    raise
+                marker.unlink()  # gone before we came: not ours to call cancelled
+    except BaseException:
+        marker.unlink(missing_ok=True)
+        raise
+    return jobs.wait_until_finished(lambda: status(record, job.client), wait_s)
+
+

@@ -1,0 +1,14 @@
+"""Local backend: the job runs on this machine, in the background, watched by a small supervisor process.
+
+Several "nodes" are several torchrun agents on this machine meeting at a c10d rendezvous on 127.0.0.1, which is
+the same code path a real multi-node job takes. The face of the backend (the functions every backend offers);
+the work is in render (pure), submit and checks (before anything is written), supervisor and control.
+"""
+
+from __future__ import annotations
+
+from stjobs.backends.local.control import cancel, logs, status
+from stjobs.backends.local.renderer import NAME, render, uses_image
+from stjobs.backends.local.submission import check, submit
+
+__all__ = ["NAME", "cancel", "check", "logs", "render", "status", "submit", "uses_image"]

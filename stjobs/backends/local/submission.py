@@ -1,0 +1,71 @@
+"""Submitting a local job: a new job directory and its supervisor, started in a session of its own."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import zlib
+from pathlib import Path
+
+from stjobs.backends.common import check_secrets
+from stjobs.backends.local.checks import check_local
+from stjobs.backends.local.jobdir import PID_FILE, SUPERVISOR_LOG, private_file
+from stjobs.backends.local.renderer import NAME
+from stjobs.errors import SubmitError
+from stjobs.jobs import JobRecord, jobs_root, new_job_id
+from stjobs.plan import Plan, write_plan
+
+SUPERVISOR = "stjobs.backends.local.supervisor"
+
+
+def check(plan: Plan, cwd: str | Path | None = None) -> None:
+    """What must hold on this machine before anything is written: the job takes this environment and runs here."""
+    check_secrets(plan.spec)
+    check_local(plan.spec, cwd)
+
+
+def submit(plan: Plan, cwd: str | Path | None = None) -> JobRecord:
+    """Write the plan into a new job directory and start its supervisor in a session of its own."""
+    spec = plan.spec
+    job_id = new_job_id(plan.job_name)
+    job_dir = jobs_root() / job_id
+    write_plan(plan, job_dir, dir_mode=0o700)  # the job's scripts and logs are the owner's alone
+    workdir = Path(cwd or os.getcwd()).resolve()
+    details: dict[str, object] = {
+        "cwd": str(workdir),
+        "python": spec.local.python or sys.executable,
+    }
+    if spec.nodes > 1:
+        details["rdzv_port"] = spec.rendezvous.port or free_port(spec.rendezvous.port_range, job_id)
+    record = JobRecord(job_id=job_id, backend=NAME, name=spec.name, job_dir=str(job_dir),
+                       submitted_at=time.time(), nodes=spec.nodes, procs_per_node=spec.procs_per_node,
+                       details=details)
+    record.save()
+    with os.fdopen(private_file(job_dir / SUPERVISOR_LOG), "ab") as log:
+        # A new session: the job outlives this command and a Ctrl-C in the user's terminal.
+        process = subprocess.Popen(
+            [sys.executable, "-m", SUPERVISOR, str(job_dir)],
+            cwd=workdir, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+    with os.fdopen(private_file(job_dir / PID_FILE), "w", encoding="utf-8") as pid_file:
+        pid_file.write(f"{process.pid}\n")
+    return record
+
+
+def free_port(port_range: tuple[int, int], job_id: str) -> int:
+    """A port in the spec's range that is free now, starting from a point derived from the job id."""
+    low, high = port_range
+    span = high - low + 1
+    start = zlib.crc32(job_id.encode()) % span
+    for step in range(span):
+        port = low + (start + step) % span
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise SubmitError(f"rendezvous.port_range: no free port in {low}-{high} on this machine")

@@ -1,0 +1,51 @@
+"""SLURM backend: a batch script for plain ``sbatch`` and the same job through submitit.
+
+One srun task per node runs the shared node launch script (torchrun with ``--nproc-per-node`` = processes per
+node): never one task per GPU plus torchrun, which makes every GPU visible to several agents. This is the face of
+the backend; the work is in renderer (pure), submission (the only code that submits), control (sacct, squeue,
+scancel) and task (what submitit runs on each node). Submission and control are imported on first use, so a
+render never imports submitit.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+from stjobs.backends.slurm.renderer import NAME, render, sbatch_parameters, uses_image
+
+if TYPE_CHECKING:
+    from stjobs.jobs import JobRecord, JobStatus
+    from stjobs.plan import Plan
+
+__all__ = ["NAME", "cancel", "check", "logs", "render", "sbatch_parameters", "status", "submit", "uses_image"]
+
+
+def check(plan: Plan, **options: Any) -> None:
+    from stjobs.backends.slurm import submission
+
+    submission.check(plan, **options)
+
+
+def submit(plan: Plan, **options: Any) -> JobRecord:
+    from stjobs.backends.slurm import submission
+
+    return submission.submit(plan, **options)
+
+
+def status(record: JobRecord) -> JobStatus:
+    from stjobs.backends.slurm import control
+
+    return control.status(record)
+
+
+def logs(record: JobRecord, follow: bool = False, rank: int | None = None) -> Iterator[str]:
+    from stjobs.backends.slurm import control
+
+    return control.logs(record, follow=follow, rank=rank)
+
+
+def cancel(record: JobRecord) -> JobStatus:
+    from stjobs.backends.slurm import control
+
+    return control.cancel(record)
