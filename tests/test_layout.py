@@ -126,7 +126,7 @@ def test_backends_are_packages_with_the_same_face() -> None:
         module = importlib.import_module(module_path)
         assert Path(module.__file__ or "").name == "__init__.py", name
         assert face <= set(vars(module)), (name, face - set(vars(module)))
-        assert module.NAME == name
+        assert name == module.NAME
 
 
 def test_api_has_no_backend_special_cases() -> None:
