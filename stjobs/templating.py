@@ -182,7 +182,7 @@ def render_template(template: str, site: Path | None = None, **context: Any) -> 
         line = _line_of(error, name)
         where = f"line {line}: " if line else ""
         first = " ".join(str(problem or type(error).__name__).split())
-        if site is not None and (source is not None or (name or "").startswith(str(site))):
+        if site is not None and (source is not None or (name is not None and site in Path(name).parents)):
             shown = Path(name).name if name else template
             raise SpecError("templates", str(site), f"{shown} there to be a Jinja template that renders ({where}"
                             f"{first}; {template} gets: {', '.join(sorted([*doc.variables, *SPEC_VARIABLE]))})"

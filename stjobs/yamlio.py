@@ -14,7 +14,6 @@ yaml.v3) or yaml.v2 read differently (``1e3``, ``0o17``, ``y``, ``n``).
 from __future__ import annotations
 
 import re
-from functools import lru_cache
 from typing import Any
 
 import yaml
@@ -40,6 +39,7 @@ class _UniqueKeyLoader(_BaseLoader):  # type: ignore[misc]  # PyYAML's classes a
     last one, and a spec whose second ``nodes:`` silently wins is a spec the user did not mean."""
 
     def construct_mapping(self, node: Any, deep: bool = False) -> Any:
+        # The C loader builds its mappings here too: its constructor is PyYAML's Python code.
         seen: set[tuple[str, str]] = set()
         for key, _ in node.value:
             if isinstance(key, yaml.ScalarNode) and key.tag != "tag:yaml.org,2002:merge":
@@ -48,7 +48,6 @@ class _UniqueKeyLoader(_BaseLoader):  # type: ignore[misc]  # PyYAML's classes a
                         None, None, f"the key {key.value!r} is given twice in one mapping; each key once",
                         key.start_mark)
                 seen.add((key.tag, key.value))
-            # The C loader too builds mappings here: its constructor is PyYAML's Python code.
         return super().construct_mapping(node, deep)
 
 
@@ -123,13 +122,12 @@ _Dumper.add_representer(float, _represent_float)
 _Dumper.add_representer(tuple, yaml.representer.SafeRepresenter.represent_list)
 
 
-@lru_cache(maxsize=1)
-def _options() -> dict[str, Any]:
-    return {"Dumper": _Dumper, "default_flow_style": False, "sort_keys": False, "allow_unicode": True,
-            "width": 1 << 30, "indent": 2, "explicit_start": False}
+# Block style, our key order, unicode as text, and no line ever folded (PyYAML folds at 80 columns by default).
+DUMP_OPTIONS: dict[str, Any] = {"Dumper": _Dumper, "default_flow_style": False, "sort_keys": False,
+                                "allow_unicode": True, "width": 1 << 30}
 
 
 def dump(data: Any) -> str:
     """``data`` (dicts, lists, tuples and scalars) as one block-style YAML document, keys in insertion order."""
-    text: str = yaml.dump(data, **_options())
+    text: str = yaml.dump(data, **DUMP_OPTIONS)
     return text

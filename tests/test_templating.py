@@ -119,7 +119,7 @@ def test_flag_spec_and_environment_in_that_order(tmp_path: Path) -> None:
     and writes nothing."""
     spec_dir = tmp_path / "project"
     shutil.copytree(EXAMPLES / "site-templates", spec_dir / "site-templates")
-    (spec_dir / "job.yaml").write_text(SITE_EXAMPLE.read_text().replace("args: [", "args: [--no-evaluator, "))
+    (spec_dir / "job.yaml").write_text(SITE_EXAMPLE.read_text())
     env_site = site_dir(tmp_path / "env", sbatch__sh__j2="#!/bin/bash\n# from the environment\n")
     flag_site = site_dir(tmp_path / "flag", sbatch__sh__j2="#!/bin/bash\n# from the flag {{ name }}\n")
 
@@ -146,7 +146,7 @@ def test_flag_spec_and_environment_in_that_order(tmp_path: Path) -> None:
     assert not out.exists()
 
 
-def test_the_wheel_less_environment_is_cached_per_directory(tmp_path: Path) -> None:
+def test_the_environment_is_cached_per_directory(tmp_path: Path) -> None:
     site = site_dir(tmp_path, sbatch__sh__j2="x")
     assert templating.environment(site) is templating.environment(site)
     assert templating.environment(site) is not templating.environment(None)

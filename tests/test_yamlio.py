@@ -112,7 +112,7 @@ def test_c_and_pure_dumpers_write_the_same_bytes(backend: str, spec_path: Any,
     ours = render_for(backend, spec_path)
     pure = type("PureDumper", (yaml.SafeDumper,), {"ignore_aliases": yamlio._Dumper.ignore_aliases,
                                                     "yaml_representers": yamlio._Dumper.yaml_representers})
-    monkeypatch.setitem(yamlio._options(), "Dumper", pure)
+    monkeypatch.setitem(yamlio.DUMP_OPTIONS, "Dumper", pure)
     again = render_for(backend, spec_path)
     yaml_files = [item.path for item in ours.files if item.path.endswith((".yaml", ".yml"))]
     assert yaml_files

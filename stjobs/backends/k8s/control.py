@@ -153,5 +153,3 @@ def cancel(record: JobRecord, api_client: Any = None, wait_s: float = 60.0) -> J
         marker.unlink(missing_ok=True)
         raise
     return jobs.wait_until_finished(lambda: status(record, job.client), wait_s)
-
-

@@ -29,7 +29,6 @@ MANIFEST_FILES = {Kind.pytorchjob: "pytorchjob.yaml", Kind.trainjob: "trainjob.y
 def render(spec: JobSpec, k8s_schemas: Path | None = None) -> Plan:
     """The manifest and its kustomization; with ``k8s_schemas`` (a directory of the Kubeflow CRD files) checked
     strictly against the official CRD and the core pod schema, else the plan notes that the check was skipped."""
-    schemas_dir = k8s_schemas
     if spec.image is None:
         raise SpecError("image", None, "a container image for the k8s backend (e.g. ghcr.io/org/train:1.0)")
     if spec.k8s.kind is Kind.trainjob:
@@ -45,7 +44,7 @@ def render(spec: JobSpec, k8s_schemas: Path | None = None) -> Plan:
                         f"{spec.k8s.pvc_mount_path} (where the code is mounted)")
     launch = build_launch(spec, rendezvous_from_env=True)
     manifest = k8s_manifest.build(spec, launch)
-    check_note = check_manifest(manifest, schemas_dir)
+    check_note = check_manifest(manifest, k8s_schemas)
     manifest_file = MANIFEST_FILES[spec.k8s.kind]
     kustomization = {"apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization",
                      "resources": [manifest_file]}
@@ -53,7 +52,7 @@ def render(spec: JobSpec, k8s_schemas: Path | None = None) -> Plan:
     files = (RenderedFile(manifest_file, header + yamlio.dump(manifest)),
              RenderedFile(KUSTOMIZATION, yamlio.dump(kustomization)), spec_file(spec))
     notes = [check_note]
-    if schemas_dir is not None:  # the full check was asked for: also the pods against the core schemas
+    if k8s_schemas is not None:  # the full check was asked for: also the pods against the core schemas
         from stjobs.backends.k8s.podcheck import check_pod_templates
 
         notes.append(check_pod_templates(manifest))

@@ -1,8 +1,9 @@
 """Local backend: the job runs on this machine, in the background, watched by a small supervisor process.
 
 Several "nodes" are several torchrun agents on this machine meeting at a c10d rendezvous on 127.0.0.1, which is
-the same code path a real multi-node job takes. The face of the backend (the functions every backend offers);
-the work is in render (pure), submit and checks (before anything is written), supervisor and control.
+the same code path a real multi-node job takes. This is the face of the backend (the functions every backend
+offers); the work is in renderer (pure), checks (before anything is written), submission, supervisor (the
+process that runs a job) and control (status, logs, cancel), over jobdir (what a job directory holds).
 """
 
 from __future__ import annotations

@@ -17,7 +17,7 @@ from pathlib import Path
 from types import FrameType
 
 from stjobs.backends.common import NODE_SCRIPT
-from stjobs.backends.local.jobdir import OUTPUT_LOG, STATUS_FILE
+from stjobs.backends.local.jobdir import OUTPUT_LOG, STATUS_FILE, private_file
 from stjobs.jobs import State, load_record_at, write_json
 
 GRACE_S = 30.0
@@ -60,8 +60,7 @@ def supervise(job_dir: Path) -> int:
     signal.signal(signal.SIGINT, on_cancel)
 
     # Held by the children until the end; 0o644 at most, like everything the job writes (see the umask).
-    output = os.fdopen(os.open(job_dir / OUTPUT_LOG, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644), "ab",
-                       buffering=0)
+    output = os.fdopen(private_file(job_dir / OUTPUT_LOG), "ab", buffering=0)
     nodes: list[subprocess.Popen[bytes]] = []
     for node in range(record.nodes):
         nodes.append(subprocess.Popen(
