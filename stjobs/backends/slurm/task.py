@@ -31,7 +31,6 @@ class NodeTask:
             # Requeued from outside (scontrol requeue, a failed node): the cap holds for those too.
             self._give_up(f"requeued {restarts} times, over slurm.max_requeues={self.max_requeues}; "
                           "not starting again (the last checkpoint is kept)")
-        child = subprocess.Popen(self.command, cwd=self.cwd)
         preempted = []
 
         def note(signum: int, frame: FrameType | None) -> None:
@@ -41,7 +40,10 @@ class NodeTask:
             # handler also replaces submitit's own, which would requeue without waiting for the checkpoint.
             preempted.append(signum)
 
+        # Before the child starts: a USR2 that lands between the two would otherwise end this task with the
+        # default action (seen in CI, where the test's child signalled at once).
         signal.signal(signal.SIGUSR2, note)
+        child = subprocess.Popen(self.command, cwd=self.cwd)
         code = child.wait()
         if preempted:
             if restarts >= self.max_requeues:
