@@ -12,7 +12,9 @@ if [[ $EUID -eq 0 ]]; then
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq kubernetes-client >/dev/null ||
       { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq kubernetes-client >/dev/null; }
   fi
-  slurm/cluster/up.sh
+  # The site user's venv (slurm/cluster/up.sh) shares this project's installed packages.
+  STJOBS_PROJECT_SITE_PACKAGES=$(.venv/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])') \
+    slurm/cluster/up.sh
   trap 'slurm/cluster/down.sh >/dev/null 2>&1 || true' EXIT
 fi
 .venv/bin/python -m mypy --strict stjobs

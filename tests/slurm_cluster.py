@@ -8,8 +8,11 @@ No tests in here. Typical use in a test module::
     def slurm() -> None:
         ensure_cluster()          # raises SlurmClusterUnavailable with the reason
 
-The cluster: nodes n1/n2 (both this machine, 127.0.0.1, 2 CPUs each), partition ``debug``,
-accounting through slurmdbd (so ``sacct`` has real states), config in /etc/slurm.
+The cluster is shaped like a site: nodes n1/n2 (both this machine, 127.0.0.1, 2 CPUs each, bound by
+task/affinity; two fake ``v100`` GPUs each as GRES), partition ``gpu`` that jobs must name (the default one,
+``short``, allows 5 minutes), account ``ml-team`` and QoS enforced by SLURM, accounting through slurmdbd (so
+``sacct`` has real states), config in /etc/slurm, and an unprivileged user (:data:`SITE_USER`) with its own venv
+(:data:`SITE_PYTHON`) to submit as.
 """
 
 from __future__ import annotations
@@ -26,7 +29,13 @@ DOWN_SCRIPT = REPO / "slurm" / "cluster" / "down.sh"
 STATE_DIR = Path(os.environ.get("STJOBS_SLURM_STATE", "/var/tmp/stjobs-slurm"))
 
 CLUSTER_NAME = "stjobs"
-PARTITION = "debug"
+PARTITION = "gpu"
+ACCOUNT = "ml-team"
+GPU_TYPE = "v100"
+GPUS_PER_NODE = 2
+SITE_USER = "stjobs-user"
+SITE_HOME = Path("/home", SITE_USER)
+SITE_PYTHON = SITE_HOME / "venv" / "bin" / "python"
 NODES: tuple[str, ...] = ("n1", "n2")
 CPUS_PER_NODE = 2
 MAX_TIME_MINUTES = 60  # partition MaxTime
@@ -84,13 +93,20 @@ def ensure_cluster() -> None:
             f"needs root: run `sudo {UP_SCRIPT}`")
     try:
         proc = subprocess.run(["bash", str(UP_SCRIPT)], capture_output=True, text=True,
-                              timeout=UP_TIMEOUT_S, check=False)
+                              timeout=UP_TIMEOUT_S, check=False, env=up_env())
     except subprocess.TimeoutExpired as exc:
         raise SlurmClusterUnavailable(f"{UP_SCRIPT} timed out after {UP_TIMEOUT_S}s") from exc
     if proc.returncode != 0 or not cluster_ready(require_idle=False):
         raise SlurmClusterUnavailable(
             f"{UP_SCRIPT} failed (rc={proc.returncode}); sinfo: {node_states() or 'unavailable'}\n"
             f"--- stdout\n{proc.stdout[-4000:]}\n--- stderr\n{proc.stderr[-8000:]}")
+
+
+def up_env() -> dict[str, str]:
+    """up.sh's environment: the site user's venv shares the packages of the venv running the tests."""
+    import sysconfig
+
+    return {**os.environ, "STJOBS_PROJECT_SITE_PACKAGES": sysconfig.get_paths()["purelib"]}
 
 
 def sacct_state(job_id: str | int) -> str:

@@ -31,7 +31,7 @@ import pytest
 
 from stjobs.train.events import parse_events
 from tests.conftest import build_tiny_model, cli, job_of, job_state
-from tests.slurm_cluster import PARTITION, STATE_DIR, UP_SCRIPT, ensure_cluster
+from tests.slurm_cluster import PARTITION, STATE_DIR, UP_SCRIPT, ensure_cluster, up_env
 
 STEPS = 60
 SAVE_EVERY = 10
@@ -250,5 +250,5 @@ def test_slurmctld_down_refuses_cleanly_and_status_still_works(slurm_cluster: No
         assert set(rows) == set(existing) and local_id in rows
         assert rows[local_id]["state"] in ("PENDING", "RUNNING", "COMPLETED")
     finally:
-        subprocess.run(["bash", str(UP_SCRIPT)], check=True, capture_output=True, timeout=300)
+        subprocess.run(["bash", str(UP_SCRIPT)], check=True, capture_output=True, timeout=300, env=up_env())
     assert wait_finished(local_id, 300)["state"] == "COMPLETED"
