@@ -234,7 +234,10 @@ def build(block: type[B], data: Any, where: str = "") -> B:
     if not isinstance(data, Mapping):
         raise SpecError(where or "spec", data, f"a mapping of {block.__name__} fields")
     fields = {field.name: field for field in _spec_fields(block)}
+    moved: dict[str, str] = getattr(block, "_moved", {})
     for key in data:
+        if key in moved:
+            raise SpecError(_join(where, str(key)), data[key], moved[key])
         if key not in fields:
             known = sorted(fields)
             import difflib  # imported on the error path only: every render would pay for it

@@ -17,7 +17,7 @@ from stjobs.spec import Fabric, JobSpec, Launcher, Strategy
 
 # The variables a node script must provide, and what they mean.
 RUNTIME_VARS: dict[str, str] = {
-    "STJOBS_PYTHON": "the Python interpreter (default python3)",
+    "STJOBS_PYTHON": "the Python interpreter (the spec's python, else python3)",
     "STJOBS_JOB_DIR": "the directory holding the rendered files (set by the node script itself)",
     "STJOBS_LOG_DIR": "where torchrun writes one log per rank",
     "STJOBS_RDZV_HOST": "the host every node meets at (multi-node only)",
@@ -78,6 +78,9 @@ class LaunchPlan:
     # Extra files the argv refers to, relative to the job directory (e.g. the accelerate config).
     files: tuple[tuple[str, str], ...]
     required_vars: tuple[str, ...]
+    # What the interpreter must be able to import for this argv to start (the launcher's and the entry module's
+    # top-level packages): checked where the job is submitted and again on each node, before any rank starts.
+    python_modules: tuple[str, ...] = ()
 
 
 PYTHON = Ref("${STJOBS_PYTHON:-python3}")
@@ -105,7 +108,17 @@ def build_launch(spec: JobSpec, rendezvous_from_env: bool = False) -> LaunchPlan
         argv = _torchrun_argv(spec, rendezvous_from_env)
     required = sorted({name for arg in argv if isinstance(arg, Ref) for name in arg.names} - {"STJOBS_PYTHON"})
     return LaunchPlan(argv=tuple(argv), env=tuple(sorted(launch_env(spec).items())), secrets=spec.secrets,
-                      files=files, required_vars=tuple(required))
+                      files=files, required_vars=tuple(required), python_modules=python_modules(spec))
+
+
+def python_modules(spec: JobSpec) -> tuple[str, ...]:
+    """Top-level packages the node's interpreter must have: finding them costs no import (find_spec)."""
+    modules = ["torch"]
+    if spec.launcher is Launcher.accelerate:
+        modules.append("accelerate")
+    if spec.entrypoint.module is not None:
+        modules.append(spec.entrypoint.module.split(".")[0])
+    return tuple(dict.fromkeys(modules))
 
 
 def launch_env(spec: JobSpec) -> dict[str, str]:
@@ -122,6 +135,9 @@ def launch_env(spec: JobSpec) -> dict[str, str]:
         "STJOBS_JOB_NAME": spec.name,
         "STJOBS_STRATEGY": spec.strategy.value,
         "STJOBS_OUTPUT_DIR": spec.output_dir,
+        # The CPUs each node's task was given: every rank checks its affinity mask holds them (a site whose srun
+        # did not get --cpus-per-task binds each task to one CPU, and the ranks crawl).
+        "STJOBS_CPUS_PER_TASK": str(spec.cpus_per_task),
     }
     if spec.max_restarts > 0 or spec.elastic:
         # torchrun hands every round's workers the one TCPStore of its first rendezvous, with no per-attempt

@@ -7,11 +7,12 @@ defaults and cross-field rules live here too (``_resolve``), so no backend has t
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from stjobs.errors import SpecError
 from stjobs.fields import (
@@ -203,12 +204,6 @@ class NcclOptions:
                                 1800)
 
 
-@dataclass(frozen=True)
-class LocalOptions:
-    python: str | None = spec_field(Nullable(Text("the Python interpreter that runs torchrun; default: the one "
-                                                  "running stjobs")), None)
-
-
 def _check_env_name(key: str, value: Any, field: str) -> None:
     if not re.fullmatch(ENV_NAME_PATTERN, key):
         raise SpecError(field, key, "a variable name of letters, digits and '_', not starting with a digit")
@@ -242,6 +237,9 @@ class JobSpec:
     time_min: int = spec_field(Integer(1, 525600, "a wall-clock limit in whole minutes from 1 to 525600"), 60)
     strategy: Strategy = spec_field(Choice(Strategy), Strategy.ddp)
     launcher: Launcher = spec_field(Choice(Launcher), Launcher.torchrun)
+    python: str | None = spec_field(Nullable(Text(
+        "the Python interpreter every node runs, a path or a name on the nodes' PATH (default: the one running "
+        "`stjobs submit`; python3 for a rendered file you submit yourself)", r"[^\n]+", 1000)), None)
     image: str | None = spec_field(Nullable(Text("a container image reference (e.g. ghcr.io/org/train:1.0) or an "
                                                  "Apptainer .sif path", r"[A-Za-z0-9/][A-Za-z0-9._/:@+-]*", 512)),
                                    None)
@@ -250,7 +248,8 @@ class JobSpec:
     secrets: tuple[str, ...] = spec_field(
         Words("a list of environment variable names whose values come from the submitting environment",
               Text("an environment variable name (letters, digits, '_')", ENV_NAME_PATTERN, 200), unique=True), ())
-    workdir: str = spec_field(Text("a directory path (relative paths are taken from where the job starts)"), ".")
+    workdir: str = spec_field(Text("a directory path, relative to the spec file (the job starts there, and the "
+                                   "script, data and output paths are taken from it)"), ".")
     output_dir: str = spec_field(Nullable(Text("a directory path for checkpoints and the final model "
                                                "(default: outputs/NAME)")), None)
     rendezvous: Rendezvous = spec_field(Nested(Rendezvous), doc="port, port_range, timeout_s")
@@ -259,13 +258,15 @@ class JobSpec:
     build: BuildOptions = spec_field(Nested(BuildOptions), doc="how the image is built (image names it)")
     slurm: SlurmOptions = spec_field(Nested(SlurmOptions), doc="SLURM options")
     k8s: K8sOptions = spec_field(Nested(K8sOptions), doc="Kubernetes options")
-    local: LocalOptions = spec_field(Nested(LocalOptions), doc="local-backend options")
     templates: str | None = spec_field(Nullable(Text("a directory of template overrides, relative to the spec "
                                                      "file (files named like stjobs' templates replace them)")),
                                        None)
     # Where the spec file was read from: relative paths in it are taken from there. Not a field of the spec
     # language (not in its data or schema); None for a spec built from data, meaning the current directory.
     spec_dir: str | None = internal_field(None)
+    # Old keys that moved: refused with where they went instead of "unknown field".
+    _moved: ClassVar[dict[str, str]] = {"local": "python: at the top of the spec (local.python moved there: it "
+                                                 "names the interpreter on every backend)"}
 
     @staticmethod
     def _resolve(values: dict[str, Any]) -> None:
@@ -332,6 +333,16 @@ class JobSpec:
         if self.templates is None:
             return None
         return Path(self.spec_dir, self.templates) if self.spec_dir else Path(self.templates)
+
+    @property
+    def workdir_path(self) -> str:
+        """Where the job starts on the machines that read the spec file's directory (local, SLURM's shared file
+        system): ``workdir`` taken from the spec file, so ``cd out && sbatch job.sbatch`` starts in the same
+        place as a submit from anywhere else. A spec built from data keeps it as written (the submit
+        directory's)."""
+        if self.spec_dir is None or os.path.isabs(self.workdir):
+            return self.workdir
+        return os.path.normpath(os.path.join(self.spec_dir, self.workdir))
 
     @property
     def world_size(self) -> int:

@@ -51,6 +51,8 @@ TEMPLATES: dict[str, TemplateDoc] = {
         "descriptions": "what each run-time variable is, for the error message (mapping)",
         "secrets": "secret names taken from the environment (list; never values)",
         "env": "environment the launch exports as (key, value) pairs", "workdir": "the directory to `cd` into",
+        "python": "the spec's `python` (None: `$STJOBS_PYTHON`, else python3)",
+        "python_modules": "top-level packages the interpreter must find before the launch (list)",
         "argv": "the launcher's argv (use the `argv` filter)",
     }),
     "sbatch.sh.j2": TemplateDoc("`job.sbatch`: the SLURM batch file", {

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -32,9 +33,17 @@ def specs_for(backend: str) -> list[Path]:
     return K8S_SPECS if backend == "k8s" else [spec for spec in SPECS if spec not in K8S_SPECS]
 
 
+# A relative workdir is taken from the spec file's directory, so rendered files name this checkout's path: the
+# goldens show it as if the project lived here, and a checkout anywhere else must render the same bytes.
+GOLDEN_PROJECT = "/home/user/project"
+
+
 def render_for(backend: str, spec_path: Path) -> stjobs.Plan:
     spec = stjobs.load_spec(spec_path)
-    return stjobs.render_image(spec) if backend == "image" else stjobs.render(spec, backend)
+    plan = stjobs.render_image(spec) if backend == "image" else stjobs.render(spec, backend)
+    files = tuple(dataclasses.replace(item, content=item.content.replace(str(REPO), GOLDEN_PROJECT))
+                  for item in plan.files)
+    return dataclasses.replace(plan, files=files)
 
 
 def golden_cases(backends: tuple[str, ...] = tuple(GOLDEN_ROOTS)) -> list[tuple[str, Path]]:

@@ -16,7 +16,8 @@ NODE_SCRIPT = "launch.sh"
 SPEC_FILE = "stjobs.yaml"
 
 
-def node_script(spec: JobSpec, launch: LaunchPlan) -> RenderedFile:
+def node_script(spec: JobSpec, launch: LaunchPlan, workdir: str | None = None) -> RenderedFile:
+    """``workdir``: where the node starts, as this backend's machines see it (default: the spec's, as written)."""
     from stjobs.templating import render_file  # Jinja only where a template is rendered (not for k8s)
 
     return render_file(
@@ -26,7 +27,9 @@ def node_script(spec: JobSpec, launch: LaunchPlan) -> RenderedFile:
         descriptions=RUNTIME_VARS,
         secrets=launch.secrets,
         env=launch.env,
-        workdir=cd_target(spec.workdir),
+        workdir=cd_target(workdir if workdir is not None else spec.workdir_path),
+        python=spec.python,
+        python_modules=launch.python_modules,
         argv=launch.argv,
     )
 
@@ -75,3 +78,34 @@ def check_secrets(spec: JobSpec) -> None:
         if name not in os.environ:
             raise SpecError(f"secrets[{index}]", name, f"a variable set where you submit (export {name}=... "
                             "first; the job takes its value from this environment, never from a file)")
+
+
+# Finds top-level packages without importing them: cheap enough to run before every submit.
+_FIND_MODULES = ("import importlib.util as u, sys; m = [n for n in sys.argv[1:] if u.find_spec(n) is None]; "
+                 "print(*m); sys.exit(1 if m else 0)")
+
+
+def check_python(spec: JobSpec, modules: tuple[str, ...], workdir: Path) -> str:
+    """The interpreter the job's nodes will run (the spec's ``python``, else this one) exists here and finds
+    what the launch imports; the path to hand the job. For backends whose nodes see this machine's files (local,
+    SLURM without a container): a missing torch then stops the submit instead of failing every rank."""
+    import shutil
+    import subprocess
+    import sys
+
+    python = spec.python or sys.executable
+    # The node script runs it after `cd workdir`: a relative path is taken from there.
+    found = str(workdir / python) if os.sep in python else shutil.which(python)
+    if found is None or not (os.path.isfile(found) and os.access(found, os.X_OK)):
+        raise SpecError("python", python, "an executable Python interpreter on this machine (a path, or a name "
+                        "found on PATH); the job's nodes run it")
+    try:
+        done = subprocess.run([found, "-c", _FIND_MODULES, *modules], capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired) as error:
+        raise SpecError("python", python, f"a Python interpreter that starts ({error})") from None
+    if done.returncode != 0:
+        missing = done.stdout.strip() or (done.stderr.strip().splitlines() or ["?"])[-1]
+        where = "this interpreter" if spec.python is None else "it"
+        raise SpecError("python", python, f"an interpreter that can import {', '.join(modules)} ({where} cannot "
+                        f"import {missing}: install stjobs[train] into it, or name another in the spec's python:)")
+    return python if spec.python is not None else found

@@ -24,7 +24,7 @@ SUPERVISOR = "stjobs.backends.local.supervisor"
 def check(plan: Plan, cwd: str | Path | None = None) -> None:
     """What must hold on this machine before anything is written: the job takes this environment and runs here."""
     check_secrets(plan.spec)
-    check_local(plan.spec, cwd)
+    check_local(plan.spec, plan.launch.python_modules if plan.launch else (), cwd)
 
 
 def submit(plan: Plan, cwd: str | Path | None = None) -> JobRecord:
@@ -36,7 +36,7 @@ def submit(plan: Plan, cwd: str | Path | None = None) -> JobRecord:
     workdir = Path(cwd or os.getcwd()).resolve()
     details: dict[str, object] = {
         "cwd": str(workdir),
-        "python": spec.local.python or sys.executable,
+        "python": spec.python or sys.executable,
     }
     if spec.nodes > 1:
         details["rdzv_port"] = spec.rendezvous.port or free_port(spec.rendezvous.port_range, job_id)

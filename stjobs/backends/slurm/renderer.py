@@ -9,6 +9,8 @@ job at once instead of falling back to localhost (each node would form a world o
 from __future__ import annotations
 
 import math
+import os
+import shlex
 from pathlib import Path
 
 from stjobs.backends.common import NODE_SCRIPT, launch_files, node_script, refuse_elastic, refuse_schemas, spec_file
@@ -22,6 +24,8 @@ NAME = "slurm"
 SBATCH_FILE = "job.sbatch"
 LAUNCH = Ref("${STJOBS_JOB_DIR}/" + NODE_SCRIPT)
 SUBMIT_DIR = "${SLURM_SUBMIT_DIR}"
+# The job's workdir as the batch script exports it (for container mounts): the spec file's, else the submit dir.
+WORKDIR = "${STJOBS_WORKDIR}"
 OUTPUT_PATTERN = "%x-%j.out"
 
 
@@ -69,6 +73,10 @@ def job_setup(spec: JobSpec) -> list[str]:
         'export STJOBS_JOB_ID="${SLURM_JOB_ID}"',
         'export STJOBS_LOG_DIR="${STJOBS_JOB_DIR}/logs/${SLURM_JOB_ID}"',
     ]
+    if spec.slurm.container is not Container.none:
+        workdir = spec.workdir_path
+        lines.append(f"export STJOBS_WORKDIR={shlex.quote(workdir)}" if os.path.isabs(workdir)
+                     else f'export STJOBS_WORKDIR="{SUBMIT_DIR}"')
     if spec.nodes == 1:
         return lines
     low, high = spec.rendezvous.port_range
@@ -92,14 +100,16 @@ def srun_options(spec: JobSpec) -> list[Arg]:
     """srun's own flags: a dead node ends the step (--kill-on-bad-exit) and the others stop waiting after
     srun_wait_s (--wait) instead of hanging until the time limit."""
     slurm = spec.slurm
-    options: list[Arg] = ["--kill-on-bad-exit=1", f"--wait={slurm.srun_wait_s}", "--ntasks-per-node=1"]
+    options: list[Arg] = ["--kill-on-bad-exit=1", f"--wait={slurm.srun_wait_s}", "--ntasks-per-node=1",
+                          # srun of SLURM 22.05-23.02 does not inherit the batch job's --cpus-per-task (srun(1)):
+                          # without it each node's task may be bound to one CPU.
+                          f"--cpus-per-task={spec.cpus_per_task}"]
     if slurm.mpi:
         options.append(f"--mpi={slurm.mpi}")  # only when asked: forcing pmix breaks sites without it
     if slurm.container is Container.pyxis:
-        mounts = ",".join(["${STJOBS_JOB_DIR}:${STJOBS_JOB_DIR}", f"{SUBMIT_DIR}:{SUBMIT_DIR}",
-                           *slurm.container_mounts])
+        mounts = ",".join(["${STJOBS_JOB_DIR}:${STJOBS_JOB_DIR}", f"{WORKDIR}:{WORKDIR}", *slurm.container_mounts])
         options += [f"--container-image={pyxis_image(spec.image or '')}", Ref(f"--container-mounts={mounts}"),
-                    Ref(f"--container-workdir={SUBMIT_DIR}"), "--no-container-mount-home"]
+                    Ref(f"--container-workdir={WORKDIR}"), "--no-container-mount-home"]
     return options
 
 
@@ -107,12 +117,12 @@ def node_command(spec: JobSpec) -> list[Arg]:
     """What each srun task runs: the node launch script, inside Apptainer when asked."""
     if spec.slurm.container is not Container.apptainer:
         return ["bash", LAUNCH]
-    binds = ",".join(["${STJOBS_JOB_DIR}", SUBMIT_DIR, *spec.slurm.container_mounts])
+    binds = ",".join(["${STJOBS_JOB_DIR}", WORKDIR, *spec.slurm.container_mounts])
     image = spec.image or ""
     source = image if image.endswith(".sif") or image.startswith(("docker://", "oras://", "/")) \
         else f"docker://{image}"
     gpu = ["--nv"] if spec.gpus_per_node else []
-    return ["apptainer", "exec", *gpu, "--bind", Ref(binds), "--pwd", Ref(SUBMIT_DIR), source, "bash", LAUNCH]
+    return ["apptainer", "exec", *gpu, "--bind", Ref(binds), "--pwd", Ref(WORKDIR), source, "bash", LAUNCH]
 
 
 def pyxis_image(image: str) -> str:

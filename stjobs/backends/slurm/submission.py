@@ -21,21 +21,40 @@ from typing import Any
 
 from stjobs.backends import common
 from stjobs.backends.slurm import renderer as slurm
-from stjobs.errors import SubmitError, UsageError
+from stjobs.errors import SpecError, SubmitError, UsageError
 from stjobs.jobs import JobRecord, jobs_root, new_job_id
 from stjobs.launch import Arg, Ref
 from stjobs.plan import Plan, write_plan
-from stjobs.spec import JobSpec
+from stjobs.spec import Container, JobSpec
 
 
 def check(plan: Plan, sbatch: bool = False, cwd: str | Path | None = None, executor: Any = None) -> None:
     """Before anything is written: the job takes this environment (sbatch --export=ALL), and a site's batch
     template only reaches SLURM through plain sbatch (submitit writes a batch script of its own)."""
     common.check_secrets(plan.spec)
+    node_python(plan, cwd)
     site = plan.file(slurm.SBATCH_FILE).site_template
     if site is not None and not sbatch:
         raise UsageError(f"--sbatch: got a site batch template ({site}) without --sbatch; expected --sbatch "
                          "(submitit writes its own batch script, so the site's would be ignored)")
+
+
+def node_python(plan: Plan, cwd: str | Path | None = None) -> str | None:
+    """The interpreter the nodes run, checked on this login node (whose files the nodes share), or None when a
+    container brings its own."""
+    spec = plan.spec
+    if spec.slurm.container is not Container.none:
+        return None
+    base = Path(cwd or os.getcwd()).resolve()
+    workdir = base / spec.workdir_path
+    if not workdir.is_dir():
+        raise SpecError("workdir", spec.workdir, f"an existing directory on the cluster's shared file system "
+                        f"({workdir} is not one here)")
+    script = spec.entrypoint.script
+    if script is not None and not (workdir / script).is_file():
+        raise SpecError("entrypoint.script", script, f"a file that exists: the job runs it from its workdir, and "
+                        f"{workdir / script} is not a file")
+    return common.check_python(spec, plan.launch.python_modules if plan.launch else (), workdir)
 
 
 def submit(plan: Plan, sbatch: bool = False, cwd: str | Path | None = None, executor: Any = None) -> JobRecord:
@@ -44,11 +63,12 @@ def submit(plan: Plan, sbatch: bool = False, cwd: str | Path | None = None, exec
     job_dir = jobs_root() / job_id
     write_plan(plan, job_dir)
     workdir = Path(cwd or os.getcwd()).resolve()
+    python = node_python(plan, cwd)
     try:
         if sbatch:
-            slurm_id, details = _submit_sbatch(job_dir, workdir)
+            slurm_id, details = _submit_sbatch(job_dir, workdir, python)
         else:
-            slurm_id, details = _submit_submitit(plan, job_dir, workdir, executor)
+            slurm_id, details = _submit_submitit(plan, job_dir, workdir, executor, python)
     except BaseException:
         shutil.rmtree(job_dir, ignore_errors=True)
         raise
@@ -60,19 +80,25 @@ def submit(plan: Plan, sbatch: bool = False, cwd: str | Path | None = None, exec
     return record
 
 
-def _submit_sbatch(job_dir: Path, workdir: Path) -> tuple[str, dict[str, object]]:
+def _submit_sbatch(job_dir: Path, workdir: Path, python: str | None) -> tuple[str, dict[str, object]]:
     output = job_dir / "slurm-%j.out"
     argv = ["sbatch", "--parsable", f"--output={output}",
-            # ALL keeps the submitting environment (secrets, STJOBS_PYTHON, venv); the job dir is told outright.
+            # ALL keeps the submitting environment (secrets); the job dir is told outright.
             f"--export=ALL,STJOBS_JOB_DIR={job_dir}", str(job_dir / slurm.SBATCH_FILE)]
-    done = _run(argv, workdir)
+    # The interpreter through the environment --export=ALL carries (a path may hold a comma, which --export
+    # would split); a container's own python is left alone.
+    env = {key: value for key, value in os.environ.items() if key != "STJOBS_PYTHON"}
+    if python is not None:
+        env["STJOBS_PYTHON"] = python
+    done = _run(argv, workdir, env)
     slurm_id = done.stdout.strip().split(";")[0]
     if not slurm_id.isdigit():
         raise SubmitError(f"slurm: sbatch printed no job id ({done.stdout.strip()!r})")
     return slurm_id, {"mode": "sbatch", "output": str(output).replace("%j", slurm_id)}
 
 
-def _submit_submitit(plan: Plan, job_dir: Path, workdir: Path, executor: Any) -> tuple[str, dict[str, object]]:
+def _submit_submitit(plan: Plan, job_dir: Path, workdir: Path, executor: Any,
+                     python: str | None) -> tuple[str, dict[str, object]]:
     from stjobs.backends.slurm.task import NodeTask
 
     spec = plan.spec
@@ -80,8 +106,14 @@ def _submit_submitit(plan: Plan, job_dir: Path, workdir: Path, executor: Any) ->
         import submitit
 
         executor = submitit.SlurmExecutor(folder=str(job_dir / "submitit"))
-    values = {"STJOBS_JOB_DIR": str(job_dir), "SLURM_SUBMIT_DIR": str(workdir)}
-    executor.update_parameters(**submitit_parameters(spec, values))
+    values = {"STJOBS_JOB_DIR": str(job_dir), "SLURM_SUBMIT_DIR": str(workdir),
+              "STJOBS_WORKDIR": str(workdir / spec.workdir_path)}
+    params = submitit_parameters(spec, values)
+    if python is not None:
+        params["setup"] = [f"export STJOBS_PYTHON={shlex.quote(python)}", *params["setup"]]
+    else:
+        params["setup"] = ["unset STJOBS_PYTHON", *params["setup"]]
+    executor.update_parameters(**params)
     command = [_word(arg, values) for arg in slurm.node_command(spec)]
     task = NodeTask(command=command, cwd=str(workdir), max_requeues=spec.slurm.max_requeues)
     with _captured_stderr() as captured:
@@ -133,9 +165,9 @@ def _word(arg: Arg, values: dict[str, str]) -> str:
     return arg.resolve(values) if isinstance(arg, Ref) else arg
 
 
-def _run(argv: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
+def _run(argv: list[str], cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     try:
-        done = subprocess.run(argv, capture_output=True, text=True, cwd=cwd, timeout=120)
+        done = subprocess.run(argv, capture_output=True, text=True, cwd=cwd, timeout=120, env=env)
     except FileNotFoundError:
         raise SubmitError(f"slurm: {argv[0]} not found; run this on a SLURM login node") from None
     except subprocess.TimeoutExpired:
