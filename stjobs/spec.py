@@ -39,6 +39,10 @@ NAME_PATTERN = r"[a-z]([a-z0-9-]{0,40}[a-z0-9])?"
 ENV_NAME_PATTERN = r"[A-Za-z_][A-Za-z0-9_]*"
 MODULE_PATTERN = r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*"
 SLURM_NAME = r"[\w.-]+"
+# sbatch takes a comma list of partitions and starts the job in whichever can run it first.
+PARTITIONS_PATTERN = r"[\w.-]+(,[\w.-]+)*"
+# A GPU type as SLURM's GRES and the GPU tables name it: v100, a100, h100, l40s, rtx_6000, ...
+GPU_TYPE_PATTERN = r"[a-z0-9][a-z0-9_.-]{0,39}"
 # A feature expression as sbatch reads it: names joined by & | , * : and grouped by [] or (). It is printed on an
 # #SBATCH line, which ends at a newline and which sbatch splits at spaces, quotes and '#': none of those can appear.
 CONSTRAINT_PATTERN = r"[A-Za-z0-9_.&|!*,:()\[\]@+-]+"
@@ -75,6 +79,16 @@ class Strategy(str, Enum):
 class Launcher(str, Enum):
     torchrun = "torchrun"
     accelerate = "accelerate"
+
+
+class GpuRequest(str, Enum):
+    """How a site wants GPUs asked for: ``--gpus-per-node=TYPE:N`` (select/cons_tres, the modern default),
+    ``--gres=gpu:TYPE:N`` (sites still on cons_res), or N untyped GPUs plus the type as a node feature
+    (``--constraint``, for sites that tag GPU nodes with features)."""
+
+    gpus_per_node = "gpus-per-node"
+    gres = "gres"
+    constraint = "constraint"
 
 
 class Container(str, Enum):
@@ -169,7 +183,9 @@ class Rendezvous:
 
 @dataclass(frozen=True)
 class SlurmOptions:
-    partition: str | None = spec_field(Nullable(Text("a SLURM partition name", SLURM_NAME, 200)), None)
+    partition: str | None = spec_field(Nullable(Text("a SLURM partition name, or a comma list of them (the job "
+                                                     "starts in the first that can run it)", PARTITIONS_PATTERN,
+                                                     200)), None)
     account: str | None = spec_field(Nullable(Text("a SLURM account name", SLURM_NAME, 200)), None)
     qos: str | None = spec_field(Nullable(Text("a SLURM QOS name", SLURM_NAME, 200)), None)
     constraint: str | None = spec_field(Nullable(Text("a SLURM feature expression of letters, digits and "
@@ -194,6 +210,8 @@ class SlurmOptions:
     srun_wait_s: int = spec_field(Integer(1, 86400, "seconds srun waits for the other nodes once one node's task "
                                           "ended, from 1 to 86400"), 60)
     mpi: str | None = spec_field(Nullable(Text("an srun --mpi plugin name, e.g. pmix", SLURM_NAME, 50)), None)
+    gpu_request: GpuRequest = spec_field(Choice(GpuRequest), GpuRequest.gpus_per_node,
+                                         doc="how gpu_type is asked for: gpus-per-node, gres, constraint")
 
 
 @dataclass(frozen=True)
@@ -231,6 +249,9 @@ class JobSpec:
     procs_per_node: int = spec_field(Nullable(Integer(1, 64, "a whole number of processes per node from 1 to 64 "
                                                       "(default: GPUs per node, or 1)")), None)
     gpus_per_node: int = spec_field(Integer(0, 16, "a whole number of GPUs per node from 0 to 16"), 0)
+    gpu_type: str | None = spec_field(Nullable(Text("a GPU type as the site names it, lowercase, e.g. v100, a100, "
+                                                    "h100 (SLURM asks for it; images and precision follow it)",
+                                                    GPU_TYPE_PATTERN, 40)), None)
     cpus_per_task: int = spec_field(Nullable(Integer(1, 1024, "a whole number of CPUs for all processes of one "
                                                      "node, from 1 to 1024 (default: one per process)")), None)
     mem_gb: float | None = spec_field(Nullable(Number(0, 65536, "memory per node in GB, greater than 0")), None)
@@ -311,6 +332,9 @@ class JobSpec:
             # sentence-transformers runs its evaluator on one rank, while every FSDP forward needs all ranks.
             raise SpecError("entrypoint.args", "--eval-data", "no evaluator with strategy fsdp (drop --eval-data "
                             "or add --no-evaluator), or strategy ddp")
+        if values["gpu_type"] is not None and not gpus:
+            raise SpecError("gpu_type", values["gpu_type"], "gpus_per_node of 1 or more with a gpu_type (or no "
+                            "gpu_type for a CPU job)")
         slurm: SlurmOptions = values["slurm"]
         if slurm.container is not Container.none and values["image"] is None:
             raise SpecError("image", None, f"a container image when slurm.container is {slurm.container.value}")

@@ -95,3 +95,13 @@ def join(config: TrainConfig) -> tuple[Preemption, Any]:
     state = PartialState(cpu=cpu)
     quiet_libraries(state.process_index == 0)
     return preemption, state
+
+
+def gpu_assignment(local_rank: int) -> dict[str, Any]:
+    """The GPUs this rank's node was given (CUDA_VISIBLE_DEVICES, as SLURM's GRES or the local backend set it)
+    and the one this rank drives: entry LOCAL_RANK of that list, as torch's cuda:LOCAL_RANK is. Read from the
+    environment, so it is reported the same with or without CUDA."""
+    visible = [gpu for gpu in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if gpu.strip()]
+    return {"visible_gpus": visible,
+            "gpu": visible[local_rank] if 0 <= local_rank < len(visible) else None,
+            "slurm_job_gpus": os.environ.get("SLURM_JOB_GPUS") or None}

@@ -37,10 +37,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # tokenizers + forked dataloader workers deadlock
     os.environ.setdefault("TQDM_DISABLE", "1")  # batch job: the events report progress, bars only garble logs
     try:
+        check_cpus()
         return train(config)
     except TrainConfigError as exc:
         print(f"stjobs.train: error: {exc}", file=sys.stderr, flush=True)
         return exc.exit_code
+
+
+def check_cpus() -> None:
+    """Under SLURM, the CPUs this rank may run on hold the ones the spec asked for (STJOBS_CPUS_PER_TASK): a site
+    whose srun dropped --cpus-per-task binds the node's task to one CPU, and every rank of the node would share it."""
+    asked = int(os.environ.get("STJOBS_CPUS_PER_TASK") or 0)
+    cpus = sorted(os.sched_getaffinity(0))
+    if asked and len(cpus) < asked and os.environ.get("SLURM_JOB_ID"):
+        raise TrainConfigError(f"this rank may run on {len(cpus)} CPU(s) {cpus}, but the job asked SLURM for "
+                               f"{asked} per node (cpus_per_task): the step was bound to fewer; give srun "
+                               "--cpus-per-task (stjobs' batch file does) or export SRUN_CPUS_PER_TASK")
 
 
 def train(config: TrainConfig) -> int:
@@ -89,7 +101,9 @@ def train(config: TrainConfig) -> int:
                 gather_across_devices=config.gather_across_devices and world > 1
                 and loss_name in data.IN_BATCH_NEGATIVE_LOSSES,
                 # Which node this rank ran on: SLURM's node name (several nodes may share one host in tests).
-                node=os.environ.get("SLURMD_NODENAME") or socket.gethostname())
+                node=os.environ.get("SLURMD_NODENAME") or socket.gethostname(),
+                # What the scheduler gave this rank: its CPUs, and the GPUs it sees with the one it drives.
+                cpus=sorted(os.sched_getaffinity(0)), **distributed.gpu_assignment(local_rank))
 
     if config.strategy == "ddp" and world > 1 and not config.find_unused_parameters:
         # DDP skips its per-step search for unused parameters (see trainer.training_args): parameters the model
@@ -104,4 +118,10 @@ def train(config: TrainConfig) -> int:
     loss = data.build_loss(loss_name, model, world, config.gather_across_devices, per_device, guide)
     evaluator = (data.build_evaluator(eval_table, eval_kind, trainer.EVAL_BATCH_SIZE)
                  if eval_table is not None and eval_kind is not None else None)
-    return trainer.fit(config, source, model, train_table, loss, loss_name, evaluator, preemption, rank, world)
+    try:
+        return trainer.fit(config, source, model, train_table, loss, loss_name, evaluator, preemption, rank, world)
+    finally:
+        # Leave the process group before exit: a rank that exits holding it can abort in the C++ destructors
+        # ("terminate called without an active exception"), and the other node waits at torchrun's barrier.
+        if dist.is_initialized():
+            dist.destroy_process_group()

@@ -15,9 +15,10 @@ from pathlib import Path
 
 from stjobs.backends.common import NODE_SCRIPT, launch_files, node_script, refuse_elastic, refuse_schemas, spec_file
 from stjobs.backends.slurm.task import OUT_OF_REQUEUES_EXIT
+from stjobs.errors import SpecError
 from stjobs.launch import Arg, Ref, build_launch
 from stjobs.plan import Plan
-from stjobs.spec import Container, JobSpec
+from stjobs.spec import Container, GpuRequest, JobSpec
 from stjobs.templating import render_file
 
 NAME = "slurm"
@@ -43,8 +44,7 @@ def sbatch_parameters(spec: JobSpec) -> dict[str, str | int | bool]:
         "time": spec.time_min,
         "open_mode": "append",  # a requeued run adds to the same log instead of truncating it
     }
-    if spec.gpus_per_node:
-        params["gpus_per_node"] = spec.gpus_per_node
+    params.update(gpu_parameters(spec))
     if spec.mem_gb is not None:
         params["mem"] = f"{int(spec.mem_gb)}G" if spec.mem_gb == int(spec.mem_gb) else \
             f"{math.ceil(spec.mem_gb * 1024)}M"
@@ -52,6 +52,9 @@ def sbatch_parameters(spec: JobSpec) -> dict[str, str | int | bool]:
         value = getattr(slurm, field)
         if value is not None:
             params[field] = value
+    if spec.gpu_type and slurm.gpu_request is GpuRequest.constraint:
+        # The type as a node feature, and-ed with the spec's own expression.
+        params["constraint"] = f"({slurm.constraint})&{spec.gpu_type}" if slurm.constraint else spec.gpu_type
     if slurm.exclusive:
         params["exclusive"] = True
     if slurm.signal_lead_s:
@@ -59,6 +62,30 @@ def sbatch_parameters(spec: JobSpec) -> dict[str, str | int | bool]:
         params["signal"] = f"B:USR2@{slurm.signal_lead_s}"
         params["requeue"] = True
     return params
+
+
+def gpu_parameters(spec: JobSpec) -> dict[str, str | int]:
+    """The GPU request in the site's form (``slurm.gpu_request``): typed when the spec names a gpu_type."""
+    gpus, kind = spec.gpus_per_node, spec.gpu_type
+    if not gpus:
+        return {}
+    request = spec.slurm.gpu_request
+    if request is GpuRequest.gres:
+        return {"gres": f"gpu:{kind}:{gpus}" if kind else f"gpu:{gpus}"}
+    if request is GpuRequest.constraint or not kind:
+        return {"gpus_per_node": gpus}
+    return {"gpus_per_node": f"{kind}:{gpus}"}
+
+
+def refuse_short_limit(spec: JobSpec) -> None:
+    """A time limit at or under the preemption lead would send the checkpoint signal as every run starts, and
+    the job would requeue itself until slurm.max_requeues ran out."""
+    lead = spec.slurm.signal_lead_s
+    if lead and spec.time_min * 60 <= lead:
+        raise SpecError("time_min", spec.time_min, f"more than slurm.signal_lead_s ({lead} s = "
+                        f"{lead / 60:g} min): SLURM warns that many seconds before the limit, so the job would be "
+                        "told to checkpoint and requeue as soon as it starts (raise time_min, or lower "
+                        "slurm.signal_lead_s; 0 turns the warning off)")
 
 
 def sbatch_option(key: str, value: str | int | bool) -> str:
@@ -136,6 +163,7 @@ def pyxis_image(image: str) -> str:
 def render(spec: JobSpec, k8s_schemas: Path | None = None) -> Plan:
     refuse_schemas(k8s_schemas, NAME)
     refuse_elastic(spec, NAME)
+    refuse_short_limit(spec)
     launch = build_launch(spec)
     params = sbatch_parameters(spec)
     options = [sbatch_option(key, value) for key, value in params.items()]
