@@ -111,11 +111,19 @@ class Entrypoint:
                                                   MODULE_PATTERN, 200)), None)
     script: str | None = spec_field(Nullable(Text("a path to a Python script, e.g. train.py")), None)
     args: tuple[str, ...] = spec_field(Words("a list of strings"), ())
+    resumable: bool | None = spec_field(
+        Nullable(Boolean()), None,
+        doc="whether a preempted run saves and resumes (true: requeued on preemption or time limit; default: true "
+            "for the built-in training, false for a script, which needs stjobs.train.callbacks)")
 
     @staticmethod
     def _resolve(values: dict[str, Any]) -> None:
         if values["module"] is None and values["script"] is None:
             values["module"] = "stjobs.train"  # the built-in training entrypoint
+        if values["resumable"] is None:
+            # Only the built-in training is known to checkpoint on USR2 and resume; a script written from the
+            # sentence-transformers docs has no handler and would be killed and restarted from step 0.
+            values["resumable"] = values["module"] == "stjobs.train"
         elif values["module"] is not None and values["script"] is not None:
             raise SpecError("entrypoint", {"module": values["module"], "script": values["script"]},
                             "exactly one of entrypoint.module or entrypoint.script")

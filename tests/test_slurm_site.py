@@ -72,6 +72,21 @@ def test_what_cannot_work_on_a_site_is_refused(changes: dict[str, Any], field: s
     assert refused.value.field == field and says in str(refused.value)
 
 
+def test_only_what_can_resume_is_warned_and_requeued() -> None:
+    """A script without stjobs' callback would be killed at T-120 s and start again from step 0: no signal, no
+    requeue, and the plan says why. Marked resumable (or the built-in training), it is warned and requeued."""
+    script = stjobs.load_spec(EXAMPLES / "my-script.yaml", overrides=[("entrypoint.resumable", False)])
+    plan = slurm.render(script)
+    text = plan.file(slurm.SBATCH_FILE).content
+    assert "#SBATCH --no-requeue\n" in text and "--signal" not in text and "trap " not in text
+    assert any(note.startswith("preemption: not requeued") for note in plan.notes)
+    for resumable in (stjobs.load_spec(EXAMPLES / "my-script.yaml"), spec()):
+        text = slurm.render(resumable).file(slurm.SBATCH_FILE).content
+        assert "#SBATCH --signal=B:USR2@120\n#SBATCH --requeue\n" in text and "trap stjobs_on_usr2 USR2" in text
+    assert stjobs.load_spec(EXAMPLES / "my-script.yaml", overrides=[("entrypoint.resumable", None)]).entrypoint \
+        .resumable is False
+
+
 def test_what_sites_write_is_accepted() -> None:
     assert slurm.sbatch_parameters(spec(**{"slurm.partition": "gpu,gpu-long"}))["partition"] == "gpu,gpu-long"
     slurm.render(spec(time_min=3))  # 180 s > the 120 s lead
@@ -93,7 +108,9 @@ def site() -> Path:
     shutil.rmtree(project, ignore_errors=True)
     (project / "examples").mkdir(parents=True)
     shutil.copytree(EXAMPLES / "data", project / "examples" / "data")
-    shutil.copy(EXAMPLES / "two-nodes.yaml", project / "examples" / "two-nodes.yaml")
+    for name in ("two-nodes.yaml", "my-script.yaml"):
+        shutil.copy(EXAMPLES / name, project / "examples" / name)
+    shutil.copytree(EXAMPLES / "scripts", project / "examples" / "scripts")
     subprocess.run(["chown", "-R", f"{SITE_USER}:{SITE_USER}", str(project)], check=True)
     as_user(["-m", "stjobs.train.models", "--tiny-from", "examples/data/train.jsonl", "--out", "tiny"], project)
     return project
@@ -205,3 +222,39 @@ def test_a_job_must_name_a_partition_it_can_run_in(site: Path) -> None:
     assert done.returncode == 1, done.stdout + done.stderr
     assert done.stderr.strip().splitlines() == [
         "stjobs: error: slurm: submission refused: Requested time limit is invalid (missing or exceeds some limit)"]
+
+
+@cluster
+def test_a_users_script_with_the_callback_is_preempted_requeued_and_resumes(site: Path) -> None:
+    """examples/scripts/train_pairs.py, a plain sentence-transformers script plus PreemptionCallback, warned by
+    SLURM as before its time limit (USR2 to the batch shell): it saves, the job requeues itself, the next run
+    resumes from that checkpoint and trains to the planned last step."""
+    out = site / "outputs" / "preempted-script"
+    shutil.rmtree(out, ignore_errors=True)
+    args = ["--model", "tiny", "--train-data", "examples/data/train.jsonl", "--output-dir", str(out),
+            "--max-steps", "300", "--save-steps", "1000", "--per-device-batch-size", "8"]
+    done = stjobs_as_user("submit", "examples/my-script.yaml", "-b", "slurm", "--sbatch", "--nodes", "2",
+                          "--procs-per-node", "1", "--cpus-per-task", "1", "--set", "mem_gb=null",
+                          "--set", f"slurm.partition={PARTITION}", "--set", f"slurm.account={ACCOUNT}",
+                          "--set", "time_min=10", "--set", "slurm.max_requeues=1",
+                          "--set", "entrypoint.args=" + json.dumps(args), cwd=site)
+    job_id = done.stdout.split()[1]
+    slurm_id = json.loads(Path(SITE_HOME, ".stjobs", "jobs", job_id, "job.json").read_text())["details"][
+        "slurm_job_id"]
+    deadline = time.monotonic() + 300
+    while "'loss'" not in (log := stjobs_as_user("logs", job_id, cwd=site).stdout):
+        assert time.monotonic() < deadline and user_job(job_id, site)["state"] in ("PENDING", "RUNNING"), log
+        time.sleep(1)
+    subprocess.run(["scancel", "--batch", "--signal=USR2", slurm_id], check=True)
+    deadline = time.monotonic() + 420
+    while (state := user_job(job_id, site)["state"]) not in ("COMPLETED", "FAILED", "CANCELLED", "LOST"):
+        assert time.monotonic() < deadline, stjobs_as_user("logs", job_id, cwd=site).stdout[-3000:]
+        time.sleep(2)
+    log = stjobs_as_user("logs", job_id, cwd=site).stdout
+    assert state == "COMPLETED", log[-3000:]
+    preempted = [e for e in parse_events(log) if e["event"] == "preempted"]
+    assert preempted and {e["signal"] for e in preempted} == {"SIGUSR2"}, log[-3000:]
+    checkpoint = preempted[0]["checkpoint"]
+    assert "requeueing job" in log and f"resuming from {checkpoint}" in log, log[-3000:]
+    assert "trained to step 300" in log and (out / "final").is_dir()
+    assert user_job(job_id, site)["requeues"] == 1

@@ -48,6 +48,18 @@ class Preemption:
             self.signum = signum
 
 
+def agreed(preemption: Preemption, device: Any) -> bool:
+    """Whether any rank has been asked to stop, agreed at a step end: a signal may reach only some ranks, and
+    one that stopped alone would leave the others waiting in an all-reduce. One tiny all-reduce per step."""
+    import torch
+    import torch.distributed as dist
+
+    flagged = torch.tensor([1 if preemption.signum is not None else 0], device=device)
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(flagged, op=dist.ReduceOp.MAX)
+    return bool(flagged.item())
+
+
 def strategy_that_ran(distributed_type: str, wrapper: str) -> str:
     """The strategy a run really used, from accelerate's distributed type and the class wrapping the model."""
     if "FSDP" in distributed_type or "FullyShardedDataParallel" in wrapper or wrapper == "FSDPModule":

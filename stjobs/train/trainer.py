@@ -20,7 +20,7 @@ from typing import Any
 from stjobs.train import events
 from stjobs.train.args import DEFAULT_PER_DEVICE_BATCH_SIZE, TrainConfig, TrainConfigError
 from stjobs.train.checkpoints import newest_checkpoint
-from stjobs.train.distributed import Preemption, expected_strategy, strategy_that_ran
+from stjobs.train.distributed import Preemption, agreed, expected_strategy, strategy_that_ran
 
 # Both the evaluator's own encode batches (built in run.train) and the Trainer's per-device eval batch.
 EVAL_BATCH_SIZE = 32
@@ -102,8 +102,6 @@ def fit(config: TrainConfig, source: str, model: Any, train_table: Any, loss: An
         evaluator: Any, preemption: Preemption, rank: int, world: int) -> int:
     """Train (resuming when a complete checkpoint exists), evaluate and save ``final``; the exit status (0 also
     when preempted: the checkpoint is saved and the next run resumes from it)."""
-    import torch
-    import torch.distributed as dist
     from sentence_transformers import SentenceTransformerTrainer
     from transformers import TrainerCallback
     from transformers.trainer_callback import PrinterCallback
@@ -183,11 +181,7 @@ def fit(config: TrainConfig, source: str, model: Any, train_table: Any, loss: An
 
         def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
             self.step_ends.append(time.monotonic())
-            flagged = torch.tensor([1 if preemption.signum is not None else 0], device=args.device)
-            if world > 1:
-                # A signal may reach only some ranks; stopping alone would leave the others hanging in all-reduce.
-                dist.all_reduce(flagged, op=dist.ReduceOp.MAX)
-            if int(flagged.item()):
+            if agreed(preemption, args.device):
                 control.should_save = True
                 control.should_training_stop = True
                 self.preempted_at = state.global_step

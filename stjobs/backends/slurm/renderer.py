@@ -57,11 +57,20 @@ def sbatch_parameters(spec: JobSpec) -> dict[str, str | int | bool]:
         params["constraint"] = f"({slurm.constraint})&{spec.gpu_type}" if slurm.constraint else spec.gpu_type
     if slurm.exclusive:
         params["exclusive"] = True
-    if slurm.signal_lead_s:
+    if preemption_lead_s(spec):
         # B: the batch shell gets USR2 and forwards it (USR1 belongs to NCCL); then it requeues the job.
         params["signal"] = f"B:USR2@{slurm.signal_lead_s}"
         params["requeue"] = True
+    elif not spec.entrypoint.resumable:
+        # A site's JobRequeue default would otherwise restart a node-failed or preempted run from step 0.
+        params["no_requeue"] = True
     return params
+
+
+def preemption_lead_s(spec: JobSpec) -> int:
+    """Seconds of warning before the limit, when the job can use them: only a resumable entrypoint saves on
+    USR2 and is requeued (0: no signal, no requeue)."""
+    return spec.slurm.signal_lead_s if spec.entrypoint.resumable else 0
 
 
 def gpu_parameters(spec: JobSpec) -> dict[str, str | int]:
@@ -80,7 +89,7 @@ def gpu_parameters(spec: JobSpec) -> dict[str, str | int]:
 def refuse_short_limit(spec: JobSpec) -> None:
     """A time limit at or under the preemption lead would send the checkpoint signal as every run starts, and
     the job would requeue itself until slurm.max_requeues ran out."""
-    lead = spec.slurm.signal_lead_s
+    lead = preemption_lead_s(spec)
     if lead and spec.time_min * 60 <= lead:
         raise SpecError("time_min", spec.time_min, f"more than slurm.signal_lead_s ({lead} s = "
                         f"{lead / 60:g} min): SLURM warns that many seconds before the limit, so the job would be "
@@ -173,13 +182,16 @@ def render(spec: JobSpec, k8s_schemas: Path | None = None) -> Plan:
         SBATCH_FILE, "sbatch.sh.j2", spec, executable=True,
         name=spec.name, nodes=spec.nodes, procs_per_node=spec.procs_per_node, sbatch_file=SBATCH_FILE,
         sbatch_options=options, node_script=NODE_SCRIPT, job_setup=job_setup(spec),
-        user_setup=spec.slurm.setup, signal_lead_s=spec.slurm.signal_lead_s,
+        user_setup=spec.slurm.setup, signal_lead_s=preemption_lead_s(spec),
         max_requeues=spec.slurm.max_requeues, out_of_requeues_exit=OUT_OF_REQUEUES_EXIT,
         srun=["srun", *srun_options(spec), *node_command(spec)],
     )
     files = (batch, node_script(spec, launch), spec_file(spec),
              *launch_files(launch))
     notes = [f"output: {OUTPUT_PATTERN} in the directory you submit from"]
+    if spec.slurm.signal_lead_s and not spec.entrypoint.resumable:
+        notes.append("preemption: not requeued (--no-requeue): the script is not marked resumable; add "
+                     "stjobs.train.callbacks.PreemptionCallback and set entrypoint.resumable: true")
     if spec.secrets:
         notes.append(f"sbatch passes the submitting environment: export {', '.join(spec.secrets)} first")
     return Plan(backend=NAME, job_name=spec.name, files=files, command=("sbatch", SBATCH_FILE), launch=launch,
