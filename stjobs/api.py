@@ -90,20 +90,28 @@ def submit(spec: JobSpec, backend: str = "local", k8s_schemas: str | Path | None
 
 
 def status(job_id: str | None = None) -> list[JobStatus]:
+    """One job's status, or every job's, in the order of the records: each backend's jobs asked for together
+    (200 SLURM jobs are one sacct and one squeue, not 200 of each)."""
     from stjobs.jobs import list_records, load_record  # job control only: keeps `render` light
 
     records = [load_record(job_id)] if job_id else list_records()
-    return [_status_of(record) for record in records]
+    groups: dict[str, list[int]] = {}
+    for index, record in enumerate(records):
+        groups.setdefault(record.backend, []).append(index)
+    found: dict[int, JobStatus] = {}
+    for name, indices in groups.items():
+        found.update(zip(indices, _statuses_of(name, [records[index] for index in indices]), strict=True))
+    return [found[index] for index in range(len(records))]
 
 
-def _status_of(record: JobRecord) -> JobStatus:
+def _statuses_of(name: str, records: list[JobRecord]) -> list[JobStatus]:
     from stjobs.jobs import JobStatus, State
 
     try:
-        return backend_module(record.backend).status(record)
+        return backend_module(name).statuses(records)
     except StjobsError as error:
         # One unreachable scheduler (slurmctld down, no cluster credentials) must not hide the other jobs.
-        return JobStatus(record, State.UNKNOWN, reason=str(error))
+        return [JobStatus(record, State.UNKNOWN, reason=str(error)) for record in records]
 
 
 def job_status(job_id: str) -> JobStatus:

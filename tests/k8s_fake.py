@@ -17,8 +17,9 @@ Faithful:
 - server-set metadata (uid, creationTimestamp, resourceVersion, generation); ``status`` in a create is ignored
   (the status subresource); delete with Foreground propagation keeps the object with a deletionTimestamp and
   the ``foregroundDeletion`` finalizer while its pods go, when ``foreground_delay_s`` is set;
-- pods listed by label selector (``=``, ``==``, ``!=``, ``key``, ``!key``), logs per container, 400 while a
-  container is waiting to start, ``follow=true`` streamed in chunks until the pod ends or the test closes it.
+- objects and pods listed by label selector (``=``, ``==``, ``!=``, ``key``, ``!key``, ``key in (a,b)``,
+  ``key notin (a,b)``), logs per container, 400 while a container is waiting to start, ``follow=true`` streamed
+  in chunks until the pod ends or the test closes it.
 Not faithful: no controllers (the test sets conditions and creates pods), no admission webhooks (the
 training-operator's rules), no CEL ``x-kubernetes-validations``, no defaulting, no watch, no PATCH/PUT, no
 TLS, a schema check stricter than the server on explicit nulls and floats for integers (see k8s_checks).
@@ -114,9 +115,17 @@ def status_body(code: int, reason: str, message: str, details: dict[str, Any] | 
     return body
 
 
+SET_TERM = re.compile(r"^(?P<key>[^\s!=]+)\s+(?P<op>in|notin)\s+\((?P<values>[^)]*)\)$")
+
+
 def matches(labels: dict[str, str], selector: str) -> bool:
-    for term in filter(None, (part.strip() for part in selector.split(","))):
-        if "!=" in term:
+    # Commas split terms, except inside the parentheses of a set term ("key in (a,b)").
+    for term in filter(None, (part.strip() for part in re.split(r",(?![^(]*\))", selector))):
+        if found := SET_TERM.match(term):
+            values = {value.strip() for value in found["values"].split(",")}
+            if (labels.get(found["key"]) in values) != (found["op"] == "in"):
+                return False
+        elif "!=" in term:
             key, value = term.split("!=", 1)
             if labels.get(key.strip()) == value.strip():
                 return False

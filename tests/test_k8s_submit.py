@@ -24,7 +24,7 @@ from stjobs.backends.k8s import control as k8s_control
 from stjobs.backends.k8s import logstream
 from stjobs.cli import main
 from stjobs.errors import SubmitError
-from stjobs.jobs import JobRecord, State, jobs_root, load_record
+from stjobs.jobs import JobRecord, State, jobs_root, list_records, load_record
 from stjobs.plan import Plan, RenderedFile
 from tests.conftest import EXAMPLES, REPO, offline_env, stjobs_bin
 from tests.k8s_fake import SCHEMAS_DIR, FakeKube, write_kubeconfig
@@ -214,6 +214,60 @@ def test_cancel_of_a_finished_job_deletes_it_and_keeps_its_outcome(fake: FakeKub
     assert fake.get("pytorchjobs", "tiny") is None
     assert stjobs.job_status(record.job_id).state is State.FAILED
     submit()  # the name is free again
+
+
+def test_a_listing_is_one_list_call_per_kind_not_one_call_per_job(fake: FakeKube) -> None:
+    """`stjobs status` of many jobs: one list of each kind's objects by the label stjobs puts on them, one pod
+    list for the TrainJobs waiting to run, and a GET by name only for a job the list lacks whose end is unknown."""
+    for n in range(6):
+        submit(f"name=p{n}")
+    for n in range(4):
+        submit(f"name=t{n}", "k8s.kind=trainjob")
+    fake.set_condition("pytorchjobs", "p0", "Running")
+    fake.set_condition("pytorchjobs", "p1", "Succeeded")
+    fake.set_condition("pytorchjobs", "p2", "Failed", message="1 Master replica(s) failed")
+    fake.set_condition("pytorchjobs", "p3", "Running")
+    fake.add_trainjob_pods("t1", ["[rank0]: a\n"])
+    fake.add_trainjob_pods("t3", ["[rank0]: b\n"], phase="Pending")
+    fake.set_condition("trainjobs", "t2", "Complete")
+    assert len(stjobs.status()) == 10  # sees p1 finished: kept when its object goes
+    pytorchjobs = fake.crds["kubeflow.org", "v1", "pytorchjobs"]
+    fake.delete(pytorchjobs, "default", "p1", "Background")  # its TTL
+    fake.delete(pytorchjobs, "default", "p3", "Background")  # behind our back, while running
+    fake.requests.clear()
+    rows = {row.record.name: (row.state, row.reason) for row in stjobs.status()}
+    assert rows == {
+        "p0": (State.RUNNING, ""), "p1": (State.COMPLETED, ""), "p2": (State.FAILED, "1 Master replica(s) failed"),
+        "p3": (State.LOST, "the object is gone from the cluster"), "p4": (State.PENDING, ""),
+        "p5": (State.PENDING, ""), "t0": (State.PENDING, ""), "t1": (State.RUNNING, ""),
+        "t2": (State.COMPLETED, ""), "t3": (State.PENDING, "")}
+    selector = "app.kubernetes.io/managed-by=stjobs"
+    assert [(r.method, r.path, r.query.get("labelSelector")) for r in fake.requests] == [
+        ("GET", "/apis/kubeflow.org/v1/namespaces/default/pytorchjobs", selector),
+        ("GET", "/apis/kubeflow.org/v1/namespaces/default/pytorchjobs/p3", None),  # not listed, end unknown
+        ("GET", "/apis/trainer.kubeflow.org/v1alpha1/namespaces/default/trainjobs", selector),
+        ("GET", "/api/v1/namespaces/default/pods", "jobset.sigs.k8s.io/jobset-name in (t0,t1,t3)")]
+    # The count can fail: one job at a time, as the listing did before, is one call per job.
+    fake.requests.clear()
+    for name in ("p0", "p2", "p4"):
+        stjobs.job_status(next(r.job_id for r in list_records() if r.name == name))
+    assert len(fake.requests) == 3
+
+
+def test_a_listing_the_server_refuses_shows_unknown_rows(fake: FakeKube, tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    submit("name=a")
+    submit("name=b")
+    monkeypatch.setenv("KUBECONFIG", str(write_kubeconfig(tmp_path / "stale", fake.url, token="expired")))
+    rows = stjobs.status()
+    assert [row.state for row in rows] == [State.UNKNOWN, State.UNKNOWN]
+    assert {row.reason for row in rows} == {"k8s: the API server refused listing pytorchjobs in namespace default: "
+                                            "401 Unauthorized"}
+    with FakeKube() as other:  # the kubeconfig now points at another cluster: each row says so
+        monkeypatch.setenv("KUBECONFIG", str(write_kubeconfig(tmp_path / "other", other.url)))
+        rows = stjobs.status()
+    assert [row.state for row in rows] == [State.UNKNOWN, State.UNKNOWN]
+    assert all(f"went to {fake.url} but the kubeconfig now points at {other.url}" in row.reason for row in rows)
 
 
 def test_rank_order_puts_master_first_whatever_the_listing_order(fake: FakeKube) -> None:

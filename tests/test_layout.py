@@ -121,7 +121,7 @@ def test_backends_are_packages_with_the_same_face() -> None:
 
     from stjobs.backends import BACKENDS
 
-    face = {"NAME", "render", "uses_image", "check", "submit", "status", "logs", "cancel"}
+    face = {"NAME", "render", "uses_image", "check", "submit", "status", "statuses", "logs", "cancel"}
     for name, module_path in BACKENDS.items():
         module = importlib.import_module(module_path)
         assert Path(module.__file__ or "").name == "__init__.py", name

@@ -191,3 +191,16 @@ def test_one_failing_node_ends_the_job(tmp_path: Path) -> None:
     assert "exited with" in status["reason"]
     assert time.monotonic() - started < 120
     assert _processes_with(f"STJOBS_JOB_ID={job_id}") == []
+
+
+def test_a_failed_jobs_reason_starts_with_the_training_error(tmp_path: Path) -> None:
+    """The first error of the rank that failed first (a Python exception's last line), then which node exited."""
+    script = tmp_path / "fail.py"
+    script.write_text("import os, time\nif os.environ['RANK'] == '1':\n    raise ValueError('no rows left')\n"
+                      "time.sleep(600)\n")
+    done = cli("submit", "examples/two-nodes.yaml", "--wait", "--procs-per-node", "1", "--cpus-per-task", "1",
+               "--set", f"entrypoint={{script: {script}}}", "--set", "max_restarts=0", check=False, timeout=300)
+    status = job_state(job_of(done.stdout))
+    assert status["state"] == "FAILED"
+    assert status["reason"].startswith("rank 1: ValueError: no rows left; node "), status
+    assert status["reason"].endswith("see output.log"), status

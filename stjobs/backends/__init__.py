@@ -3,6 +3,7 @@
 ``render(spec, k8s_schemas) -> Plan`` (pure), ``uses_image(spec)`` (whether the job runs in the spec's image, so
 its build files come with the render), ``check(plan, ...)`` (what must hold on this machine before anything is
 written), ``submit(plan, ...) -> JobRecord`` (side effects), and for job control ``status(record)``,
+``statuses(records)`` (a listing: many jobs in one query of the scheduler, never one per job),
 ``logs(record, follow, rank)``, ``cancel(record)``. Packages are imported on first use, so rendering for one
 backend never imports another backend's client library; what several backends share is in ``common``.
 """
@@ -15,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Protocol, cast
 from stjobs.errors import UsageError
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Iterator, Sequence
     from pathlib import Path
 
     from stjobs.jobs import JobRecord, JobStatus
@@ -35,6 +36,8 @@ class Backend(Protocol):
     def submit(self, plan: Plan, **options: Any) -> JobRecord: ...
 
     def status(self, record: JobRecord) -> JobStatus: ...
+
+    def statuses(self, records: Sequence[JobRecord]) -> list[JobStatus]: ...
 
     def logs(self, record: JobRecord, follow: bool = False, rank: int | None = None) -> Iterator[str]: ...
 

@@ -9,7 +9,7 @@ render never imports the kubernetes client.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from stjobs.backends.k8s.renderer import NAME, render, uses_image
@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     from stjobs.jobs import JobRecord, JobStatus
     from stjobs.plan import Plan
 
-__all__ = ["NAME", "cancel", "check", "logs", "render", "status", "submit", "uses_image"]
+__all__ = ["NAME", "cancel", "check", "logs", "render", "status", "statuses", "submit", "uses_image"]
 
 
 def check(plan: Plan, **options: Any) -> None:
@@ -35,6 +35,12 @@ def status(record: JobRecord) -> JobStatus:
     from stjobs.backends.k8s import control
 
     return control.status(record)
+
+
+def statuses(records: Sequence[JobRecord]) -> list[JobStatus]:
+    from stjobs.backends.k8s import control
+
+    return control.statuses(records)
 
 
 def logs(record: JobRecord, follow: bool = False, rank: int | None = None) -> Iterator[str]:

@@ -103,14 +103,18 @@ def target(record: JobRecord, api_client: Any = None) -> Target:
 
 
 def pods(job: Target) -> list[dict[str, Any]]:
-    response = kube().client.CoreV1Api(job.client).list_namespaced_pod(
-        job.namespace, label_selector=f"{job.resource.job_label}={job.name}", _preload_content=False,
-        _request_timeout=REQUEST_TIMEOUT_S)
+    return sorted(list_pods(job.client, job.namespace, f"{job.resource.job_label}={job.name}"), key=_rank_order)
+
+
+def list_pods(client: Any, namespace: str, label_selector: str) -> list[dict[str, Any]]:
+    """The pods of ``namespace`` that ``label_selector`` selects, as the server's JSON."""
+    response = kube().client.CoreV1Api(client).list_namespaced_pod(
+        namespace, label_selector=label_selector, _preload_content=False, _request_timeout=REQUEST_TIMEOUT_S)
     try:
         items: list[dict[str, Any]] = json.loads(response.data).get("items") or []
     finally:
         response.release_conn()
-    return sorted(items, key=_rank_order)
+    return items
 
 
 def _rank_order(pod: dict[str, Any]) -> tuple[int, int, int, int, str]:

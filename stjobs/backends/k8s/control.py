@@ -7,8 +7,10 @@ The only k8s code with side effects (logs are read by logstream). Every function
 from __future__ import annotations
 
 import contextlib
+import functools
 import shutil
 import time
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -19,12 +21,14 @@ from stjobs.backends.k8s.client import (
     Target,
     api_errors,
     kube,
+    list_pods,
     new_client,
     one_line,
     pods,
     status_body,
     target,
 )
+from stjobs.backends.k8s.manifest import MANAGER, MANAGER_LABEL
 from stjobs.backends.k8s.renderer import MANIFEST_FILES
 from stjobs.errors import SubmitError
 from stjobs.jobs import JobRecord, JobStatus, State
@@ -95,13 +99,95 @@ def status(record: JobRecord, api_client: Any = None) -> JobStatus:
             if error.status == 404:
                 return _gone(record)
             raise
-        condition = _newest_condition(obj, job.resource)
-        kind = str(condition["type"]) if condition else None
-        state = job.resource.states[kind] if kind else State.PENDING
-        # A TrainJob has no Running condition: a running pod is the sign.
-        if job.resource.kind == "TrainJob" and kind in (None, "Created") and any(
-                pod.get("status", {}).get("phase") == "Running" for pod in pods(job)):
-            state = State.RUNNING
+        return _judge(record, job.resource, obj,
+                      lambda: any(pod.get("status", {}).get("phase") == "Running" for pod in pods(job)))
+
+
+def statuses(records: Sequence[JobRecord], api_client: Any = None) -> list[JobStatus]:
+    """Many jobs from one list call per kind and namespace, selected by the label stjobs puts on every object
+    (``MANAGER_LABEL``), and for TrainJobs waiting to run one pod list of their namespace; not one call per job.
+    A job the list lacks is known finished (its kept outcome) or asked for by name (an object whose label was
+    removed); a kubeconfig now pointing elsewhere, or a list the server refuses, gives those jobs UNKNOWN."""
+    client = api_client if api_client is not None else new_client()
+    found: dict[int, JobStatus] = {}
+    groups: dict[tuple[str, str], list[tuple[int, Target]]] = {}
+    for index, record in enumerate(records):
+        try:
+            job = target(record, client)
+        except SubmitError as error:
+            found[index] = JobStatus(record, State.UNKNOWN, reason=str(error))
+            continue
+        groups.setdefault((job.resource.kind, job.namespace), []).append((index, job))
+    for members in groups.values():
+        for index, current in _list_group([(records[index], job) for index, job in members]):
+            found[members[index][0]] = current
+    return [found[index] for index in range(len(records))]
+
+
+def _list_group(members: list[tuple[JobRecord, Target]]) -> Iterator[tuple[int, JobStatus]]:
+    """The statuses of jobs of one kind in one namespace, by their index in ``members``."""
+    first = members[0][1]
+    resource, namespace = first.resource, first.namespace
+    try:
+        with api_errors(first.host, f"listing {resource.plural} in namespace {namespace}"):
+            answer = first.custom("list_namespaced_custom_object", label_selector=f"{MANAGER_LABEL}={MANAGER}")
+    except SubmitError as error:
+        yield from ((index, JobStatus(record, State.UNKNOWN, reason=str(error)))
+                    for index, (record, _) in enumerate(members))
+        return
+    listed = {str(obj.get("metadata", {}).get("name")): obj for obj in answer.get("items") or []}
+    running = _RunningPods(first, [job.name for _, job in members
+                                   if job.name in listed and _waiting_to_run(listed[job.name], resource)])
+    for index, (record, job) in enumerate(members):
+        obj = listed.get(job.name)
+        try:
+            if obj is not None:
+                with api_errors(job.host, f"listing the pods of {resource.kind} {job.name}"):
+                    yield index, _judge(record, resource, obj, functools.partial(running.has, job.name))
+            elif _kept_outcome(record):
+                yield index, _gone(record)
+            else:
+                yield index, status(record, job.client)
+        except SubmitError as error:
+            yield index, JobStatus(record, State.UNKNOWN, reason=str(error))
+
+
+class _RunningPods:
+    """Which of some jobs have a running pod: one pod list for all of them (``CHUNK`` names a call), made when
+    first asked."""
+
+    CHUNK = 100
+
+    def __init__(self, job: Target, names: list[str]) -> None:
+        self.job, self.names = job, names
+        self.running: set[str] | None = None
+
+    def has(self, name: str) -> bool:
+        if self.running is None:
+            label, running = self.job.resource.job_label, set[str]()
+            for start in range(0, len(self.names), self.CHUNK):
+                chosen = ",".join(self.names[start:start + self.CHUNK])
+                running.update(str(pod.get("metadata", {}).get("labels", {}).get(label))
+                               for pod in list_pods(self.job.client, self.job.namespace, f"{label} in ({chosen})")
+                               if pod.get("status", {}).get("phase") == "Running")
+            self.running = running  # only once every list answered: a failed one is asked again
+        return name in self.running
+
+
+def _waiting_to_run(obj: dict[str, Any], resource: Resource) -> bool:
+    """A TrainJob has no Running condition: before it has another, a running pod is the sign it runs."""
+    condition = _newest_condition(obj, resource)
+    return resource.kind == "TrainJob" and (condition is None or condition["type"] == "Created")
+
+
+def _judge(record: JobRecord, resource: Resource, obj: dict[str, Any], has_running_pod: Callable[[], bool]
+           ) -> JobStatus:
+    """One job's status from its object (and, for a TrainJob that has no Running condition, its pods)."""
+    condition = _newest_condition(obj, resource)
+    kind = str(condition["type"]) if condition else None
+    state = resource.states[kind] if kind else State.PENDING
+    if _waiting_to_run(obj, resource) and has_running_pod():
+        state = State.RUNNING
     reason = ""
     if condition is not None and kind in TOLD:
         reason = one_line(condition.get("message") or condition.get("reason") or kind)
@@ -122,6 +208,12 @@ def _newest_condition(obj: dict[str, Any], resource: Resource) -> dict[str, Any]
                   if c.get("status") == "True" and c.get("type") in resource.states]
     return max(conditions, key=lambda c: (str(c.get("lastTransitionTime") or ""), order.index(c["type"])),
                default=None)
+
+
+def _kept_outcome(record: JobRecord) -> bool:
+    """Whether a job gone from the cluster is known to have ended: finished and seen so, or cancelled by us."""
+    job_dir = Path(record.job_dir)
+    return (job_dir / FINAL_STATE).exists() or (job_dir / CANCELLED_MARKER).exists()
 
 
 def _gone(record: JobRecord) -> JobStatus:

@@ -71,8 +71,12 @@ def output_dir(spec: JobSpec) -> str:
     return spec.output_dir
 
 
+# On every object and pod stjobs creates: `stjobs status` lists its jobs by this label, one call per namespace.
+MANAGER_LABEL, MANAGER = "app.kubernetes.io/managed-by", "stjobs"
+
+
 def labels(spec: JobSpec) -> dict[str, str]:
-    return {"app.kubernetes.io/name": spec.name, "app.kubernetes.io/managed-by": "stjobs"}
+    return {"app.kubernetes.io/name": spec.name, MANAGER_LABEL: MANAGER}
 
 
 def env_list(spec: JobSpec, launch: LaunchPlan) -> list[dict[str, Any]]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from stjobs.backends.local.jobdir import OUTPUT_LOG, STATUS_FILE, supervisor_pid
@@ -25,6 +25,11 @@ def status(record: JobRecord) -> JobStatus:
     if not state.finished and (pid is None or not _alive(pid)):
         return JobStatus(record, State.LOST, reason="the supervisor died; see supervisor.log")
     return JobStatus(record, state, exit_code if isinstance(exit_code, int) else None, str(data.get("reason", "")))
+
+
+def statuses(records: Sequence[JobRecord]) -> list[JobStatus]:
+    """Each from its own files: there is no scheduler to ask, so nothing to batch."""
+    return [status(record) for record in records]
 
 
 def cancel(record: JobRecord, wait_s: float = 60.0) -> JobStatus:

@@ -17,6 +17,7 @@ from pathlib import Path
 from types import FrameType
 
 from stjobs.backends.common import NODE_SCRIPT
+from stjobs.backends.joblog import first_error, read_tail
 from stjobs.backends.local.jobdir import OUTPUT_LOG, STATUS_FILE, private_file
 from stjobs.jobs import State, load_record_at, write_json
 
@@ -96,7 +97,9 @@ def supervise(job_dir: Path) -> int:
         state, reason = State.COMPLETED, ""
     else:
         first = failed_node if failed_node is not None else codes.index(failures[0])
-        state, reason = State.FAILED, f"node {first} exited with {codes[first]}; see {OUTPUT_LOG}"
+        cause = first_error([read_tail(job_dir / OUTPUT_LOG)])  # what the training said, before our summary
+        state, reason = State.FAILED, (f"{cause}; " if cause else "") + \
+            f"node {first} exited with {codes[first]}; see {OUTPUT_LOG}"
     exit_code = 0 if not failures else (codes[failed_node] if failed_node is not None else failures[0])
     write_json(status_path, {"state": state.value, "pid": os.getpid(), "started_at": started,
                              "ended_at": time.time(), "exit_code": exit_code, "node_exit_codes": codes,

@@ -9,7 +9,7 @@ render never imports submitit.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from stjobs.backends.slurm.renderer import NAME, render, sbatch_parameters, uses_image
@@ -18,7 +18,8 @@ if TYPE_CHECKING:
     from stjobs.jobs import JobRecord, JobStatus
     from stjobs.plan import Plan
 
-__all__ = ["NAME", "cancel", "check", "logs", "render", "sbatch_parameters", "status", "submit", "uses_image"]
+__all__ = ["NAME", "cancel", "check", "logs", "render", "sbatch_parameters", "status", "statuses", "submit",
+           "uses_image"]
 
 
 def check(plan: Plan, **options: Any) -> None:
@@ -37,6 +38,12 @@ def status(record: JobRecord) -> JobStatus:
     from stjobs.backends.slurm import control
 
     return control.status(record)
+
+
+def statuses(records: Sequence[JobRecord]) -> list[JobStatus]:
+    from stjobs.backends.slurm import control
+
+    return control.statuses(records)
 
 
 def logs(record: JobRecord, follow: bool = False, rank: int | None = None) -> Iterator[str]:

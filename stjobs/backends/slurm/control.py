@@ -1,4 +1,5 @@
-"""Status, logs and cancel for SLURM jobs, read from SLURM itself (sacct, with squeue while accounting lags)."""
+"""Status, logs and cancel for SLURM jobs, read from SLURM itself: sacct, and squeue for what waits in the queue
+(its pending reason) or what accounting does not show yet; many jobs at once take one call of each."""
 
 from __future__ import annotations
 
@@ -6,9 +7,10 @@ import glob
 import re
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+from stjobs.backends.joblog import first_error, read_tail
 from stjobs.backends.slurm.task import OUT_OF_REQUEUES_EXIT
 from stjobs.errors import SubmitError
 from stjobs.jobs import JobRecord, JobStatus, State, follow_files, wait_until_finished
@@ -23,6 +25,18 @@ STATES = {
 }
 # sacct can lag a freshly submitted job by a few seconds; after this long "unknown" means lost.
 ACCOUNTING_GRACE_S = 60.0
+CHUNK = 500  # job ids per sacct / squeue call: a command line and an answer of a sensible size
+QUERY_TIMEOUT_S = 60.0
+# Pending reasons that do not clear by themselves (squeue %r), and what the request asks for that cannot be had.
+NEVER_CLEARS = {
+    "PartitionNodeLimit": "more nodes than the partition allows",
+    "PartitionTimeLimit": "a longer time limit than the partition allows",
+    "PartitionConfig": "more than the partition is configured for",
+    "ReqNodeNotAvail": "nodes that are down, drained or reserved",
+    "DependencyNeverSatisfied": "a job it depends on ended the wrong way",
+    "BadConstraints": "node features no node has",
+}
+Run = tuple[str, int | None]  # one run of a job in accounting: its state and exit code
 
 
 def slurm_id(record: JobRecord) -> str:
@@ -30,10 +44,72 @@ def slurm_id(record: JobRecord) -> str:
 
 
 def status(record: JobRecord) -> JobStatus:
-    runs = _sacct(slurm_id(record))
-    state, exit_code = runs[-1] if runs else (_squeue(slurm_id(record)) or ("", None))
-    requeues = max(len(runs) - 1, 0)  # sacct --duplicates: one line per run of a requeued job, oldest first
+    return statuses([record])[0]
+
+
+def statuses(records: Sequence[JobRecord]) -> list[JobStatus]:
+    """Every record's status from one ``sacct`` and one ``squeue`` of all their ids, run side by side (ids go
+    ``CHUNK`` to a call): a listing of 200 jobs is two queries, not 200. sacct has each run's state and exit code;
+    squeue slurmctld's view of what is still queued or running, and a pending job's reason. A failing ``sacct``
+    fails the lot (the api shows them UNKNOWN with its reason); a failing ``squeue`` only the jobs that accounting
+    does not show finished."""
+    ids = [slurm_id(record) for record in records]
+    runs: dict[str, list[Run]] = {}
+    queued: dict[str, tuple[str, str]] = {}
+    queue_error = ""
+    for chunk in _chunks(list(dict.fromkeys(ids))):
+        accounting, queue, queue_failure = _ask(chunk)
+        runs.update(accounting)
+        queued.update(queue)
+        queue_error = queue_error or queue_failure
+    return [_judge(record, runs.get(job, []), queued.get(job), queue_error) for record, job in zip(records, ids,
+                                                                                               strict=True)]
+
+
+def _chunks(ids: list[str]) -> Iterator[list[str]]:
+    for start in range(0, len(ids), CHUNK):
+        yield ids[start:start + CHUNK]
+
+
+def _ask(ids: list[str]) -> tuple[dict[str, list[Run]], dict[str, tuple[str, str]], str]:
+    """sacct's runs and squeue's lines for ``ids``, both commands running at once (the listing costs the slower
+    of the two, not their sum), and squeue's failure as text."""
+    joined = ",".join(ids)
+    sacct = _start(["sacct", "-j", joined, "-X", "--duplicates", "-n", "-P", "-o", "JobIDRaw,State,ExitCode"])
+    try:
+        squeue: subprocess.Popen[str] | SubmitError = _start(["squeue", "-h", "-j", joined, "-o", "%i|%T|%r"])
+    except SubmitError as error:
+        squeue = error
+    try:
+        runs = _parse_sacct(_finish(sacct))
+    except BaseException:
+        if isinstance(squeue, subprocess.Popen):  # not left running (or a zombie) when sacct fails the lot
+            squeue.kill()
+            squeue.communicate()
+        raise
+    if isinstance(squeue, SubmitError):
+        return runs, {}, str(squeue)
+    try:
+        return runs, _parse_squeue(_finish(squeue, unknown_job_ok=True)), ""
+    except SubmitError as error:
+        return runs, {}, str(error)
+
+
+def _judge(record: JobRecord, runs: list[Run], queued: tuple[str, str] | None, queue_error: str) -> JobStatus:
+    """One job's status from its sacct runs (oldest first) and its squeue line (state, pending reason)."""
+    state, exit_code = runs[-1] if runs else ("", None)
+    final = STATES.get(state, State.FAILED).finished if state else False
+    waiting = ""  # what a pending job's reason says
+    if queued is not None and not final:  # slurmctld's own view, newer than accounting's while the job lives
+        state, why = queued
+        exit_code = exit_code if runs and runs[-1][0] == state else None
+        waiting = pending_reason(why) if why else ""
+    elif not final:
+        waiting = queue_error  # squeue failed: say so where accounting alone cannot tell
+    requeues = max(len(runs) - 1, 0)  # sacct --duplicates: one line per run of a requeued job
     if not state:
+        if queue_error:
+            return JobStatus(record, State.UNKNOWN, reason=queue_error)
         young = time.time() - record.submitted_at < ACCOUNTING_GRACE_S
         return JobStatus(record, State.PENDING if young else State.LOST,
                          reason="" if young else "SLURM knows no such job (sacct and squeue are empty)")
@@ -43,33 +119,38 @@ def status(record: JobRecord) -> JobStatus:
         ours = State.FAILED
         reason = (f"preempted or requeued after {requeues} requeue(s), the most slurm.max_requeues="
                   f"{record.details.get('max_requeues', '?')} allows; the last checkpoint is kept")
-    elif ours not in (State.COMPLETED, State.RUNNING, State.PENDING):
-        why = _failure_lines(record)
-        reason = f"SLURM state {state}" + (f" exit {exit_code}" if exit_code else "") + (f": {why}" if why else "")
+    elif ours is State.PENDING:
+        reason = waiting
+    elif ours not in (State.COMPLETED, State.RUNNING):
+        texts = [read_tail(path) for path in _output_files(record)]
+        cause = first_error(texts) if ours is State.FAILED else ""
+        lines = "; ".join(line for line in _failure_lines(texts) if line not in cause)
+        slurm = f"SLURM state {state}" + (f" exit {exit_code}" if exit_code else "") + (f": {lines}" if lines else "")
+        reason = f"{cause}; {slurm}" if cause else slurm
     return JobStatus(record, ours, exit_code, reason, requeues)
+
+
+def pending_reason(why: str) -> str:
+    """squeue's reason (%r) for a pending job, with what it means when it will not clear by itself."""
+    hint = NEVER_CLEARS.get(why.split(",")[0].strip())
+    if hint is None:
+        return f"SLURM's pending reason: {why}"
+    return f"SLURM's pending reason: {why} ({hint}; it will not start until that changes: cancel it and resubmit)"
 
 
 # What a job's log says when a node's task ends badly: srun's own lines ("n2: task 1: Killed") and ours.
 FAILURE_LINE = re.compile(r"srun: error: (\S+: task \d+: .+)$|^(?:\[rank\d+\]: )?(stjobs: .+)$")
-LOG_TAIL_BYTES = 64 * 1024
 
 
-def _failure_lines(record: JobRecord) -> str:
-    """The last few failure lines of the job's output (its tail only: logs can be large), joined into one."""
+def _failure_lines(texts: list[str]) -> list[str]:
+    """The last few failure lines of the job's output (the tails of its files)."""
     found: list[str] = []
-    for path in _output_files(record):
-        try:
-            with open(path, "rb") as handle:
-                handle.seek(max(path.stat().st_size - LOG_TAIL_BYTES, 0))
-                tail = handle.read().decode(errors="replace")
-        except OSError:
-            continue
-        for line in tail.splitlines():
+    for text in texts:
+        for line in text.splitlines():
             match = FAILURE_LINE.search(line.strip())
             if match and "USR2 received" not in line:
                 found.append(match.group(1) or match.group(2))
-    unique = list(dict.fromkeys(found))
-    return "; ".join(unique[-3:])
+    return list(dict.fromkeys(found))[-3:]
 
 
 def _output_files(record: JobRecord) -> list[Path]:
@@ -94,33 +175,50 @@ def cancel(record: JobRecord, wait_s: float = 60.0) -> JobStatus:
     return wait_until_finished(lambda: status(record), wait_s)
 
 
-def _sacct(job_id: str) -> list[tuple[str, int | None]]:
-    """(state, exit code) of each run of the job, oldest first (a requeued job has one line per run)."""
-    text = _query(["sacct", "-j", job_id, "-X", "--duplicates", "-n", "-P", "-o", "State,ExitCode"])
-    runs = []
+def _parse_sacct(text: str) -> dict[str, list[Run]]:
+    """(state, exit code) of each run of each job, oldest first (a requeued job has one line per run)."""
+    runs: dict[str, list[Run]] = {}
     for line in text.splitlines():
-        state, _, exit_code = line.partition("|")
+        job, _, rest = line.partition("|")
+        state, _, exit_code = rest.partition("|")
         if state.strip():
             code = exit_code.split(":")[0]
-            runs.append((state.split()[0].rstrip("+"), int(code) if code.isdigit() else None))
+            runs.setdefault(job.strip(), []).append(
+                (state.split()[0].rstrip("+"), int(code) if code.isdigit() else None))
     return runs
 
 
-def _squeue(job_id: str) -> tuple[str, int | None] | None:
-    text = _query(["squeue", "-h", "-j", job_id, "-o", "%T"], unknown_job_ok=True)
-    first = text.strip().splitlines()[0].strip() if text.strip() else ""
-    return (first, None) if first else None
+def _parse_squeue(text: str) -> dict[str, tuple[str, str]]:
+    """(state, reason) of each job slurmctld still holds; a pending job's reason is why it waits."""
+    queued: dict[str, tuple[str, str]] = {}
+    for line in text.splitlines():
+        job, _, rest = line.strip().partition("|")
+        state, _, why = rest.partition("|")
+        if state:
+            queued[job] = (state, "" if why in ("None", "(null)") else why)
+    return queued
 
 
-def _query(argv: list[str], unknown_job_ok: bool = False) -> str:
+def _start(argv: list[str]) -> subprocess.Popen[str]:
     try:
-        done = subprocess.run(argv, capture_output=True, text=True, timeout=60)
-    except (FileNotFoundError, subprocess.TimeoutExpired) as error:
+        return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    except FileNotFoundError as error:
         raise SubmitError(f"slurm: {argv[0]} failed ({error}); is this a SLURM login node?") from None
-    if done.returncode == 0:
-        return done.stdout
-    message = (done.stderr or done.stdout).strip().splitlines()
+
+
+def _finish(process: subprocess.Popen[str], unknown_job_ok: bool = False) -> str:
+    name = str(process.args[0]) if isinstance(process.args, list) else str(process.args)
+    try:
+        stdout, stderr = process.communicate(timeout=QUERY_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.communicate()
+        raise SubmitError(f"slurm: {name} did not answer in {QUERY_TIMEOUT_S:.0f} s; is this a SLURM login node?"
+                          ) from None
+    if process.returncode == 0:
+        return stdout
+    message = (stderr or stdout).strip().splitlines()
     if unknown_job_ok and any("Invalid job id" in line for line in message):
         return ""  # squeue forgets finished jobs; sacct has spoken for them
     # The controller or the accounting daemon is down: say so, never call the job lost.
-    raise SubmitError(f"slurm: {argv[0]} failed: {message[-1] if message else f'exit {done.returncode}'}")
+    raise SubmitError(f"slurm: {name} failed: {message[-1] if message else f'exit {process.returncode}'}")
