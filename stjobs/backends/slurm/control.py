@@ -56,14 +56,14 @@ def statuses(records: Sequence[JobRecord]) -> list[JobStatus]:
     ids = [slurm_id(record) for record in records]
     runs: dict[str, list[Run]] = {}
     queued: dict[str, tuple[str, str]] = {}
-    queue_error = ""
+    queue_errors: dict[str, str] = {}  # job id -> why squeue could not be asked about it
     for chunk in _chunks(list(dict.fromkeys(ids))):
-        accounting, queue, queue_failure = _ask(chunk)
+        accounting, queue, queue_error = _ask(chunk)
         runs.update(accounting)
         queued.update(queue)
-        queue_error = queue_error or queue_failure
-    return [_judge(record, runs.get(job, []), queued.get(job), queue_error) for record, job in zip(records, ids,
-                                                                                               strict=True)]
+        queue_errors.update(dict.fromkeys(chunk, queue_error) if queue_error else {})
+    return [_judge(record, runs.get(job, []), queued.get(job), queue_errors.get(job, ""))
+            for record, job in zip(records, ids, strict=True)]
 
 
 def _chunks(ids: list[str]) -> Iterator[list[str]]:
