@@ -144,6 +144,10 @@ def launch_env(spec: JobSpec) -> dict[str, str]:
         # prefix: a restarted rank can read the address a killed rank published and fail to connect (seen in our
         # fault tests: gloo "connectFullMesh failed ... Connection refused"). Opting out gives each round a new store.
         env["TORCH_DISABLE_SHARE_RDZV_TCP_STORE"] = "1"
+    if spec.launcher is Launcher.accelerate:
+        # accelerate starts torchrun's agent in-process with torchrun's own parser, whose --signals-to-handle
+        # defaults to this variable: without it USR2 kills the launcher (exit 140) and leaves the ranks running.
+        env["PET_SIGNALS_TO_HANDLE"] = PREEMPTION_SIGNALS
     env.update(nccl_env(spec))
     env.update(spec.env)  # the user's explicit values win (e.g. a different OMP_NUM_THREADS)
     return env

@@ -469,7 +469,7 @@ def test_render_for_k8s_imports_no_kubernetes(tmp_path: Path) -> None:
         "import json, sys\n"
         "from stjobs.cli import main\n"
         f"code = main(['render', {str(EXAMPLES / 'two-nodes.yaml')!r}, '-b', 'k8s', '--image', {IMAGE!r},"
-        f" '-o', {str(tmp_path / 'o')!r}])\n"
+        f" '--set', 'workdir=/workspace', '-o', {str(tmp_path / 'o')!r}])\n"
         "assert code == 0, code\n"
         "print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in ('kubernetes', 'urllib3'))))\n"
     )

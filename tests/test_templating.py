@@ -77,7 +77,8 @@ def test_a_site_template_may_replace_the_whole_file(tmp_path: Path) -> None:
                     "cd {{ workdir | sh }}\nexec {{ argv | argv }}\n")
     plan = stjobs.render(stjobs.load_spec(TWO_NODES, [("templates", str(site))]), "local")
     text = plan.file("launch.sh").content
-    assert text.startswith("#!/bin/bash\n# two-nodes on 2 node(s)\ncd /")  # the workdir, taken from the spec file's directory
+    # The workdir, taken from the spec file's directory: an absolute path.
+    assert text.startswith("#!/bin/bash\n# two-nodes on 2 node(s)\ncd /")
     assert "\nexec " in text
     assert "--rdzv-backend c10d" in text
 
