@@ -16,6 +16,7 @@ if [[ $EUID -eq 0 ]]; then
   STJOBS_PROJECT_SITE_PACKAGES=$(.venv/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])') \
     slurm/cluster/up.sh
   trap 'slurm/cluster/down.sh >/dev/null 2>&1 || true' EXIT
+  slurm/cluster/up.sh --no-accounting   # beside it, a cluster without accounting (tests/test_slurm_noacct.py)
 fi
 .venv/bin/python -m mypy --strict stjobs
 .venv/bin/python -m ruff check stjobs tests benchmarks

@@ -35,11 +35,13 @@ def offline_env(**extra: str) -> dict[str, str]:
     return env
 
 
-def cli(*args: str, check: bool = True, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+def cli(*args: str, check: bool = True, timeout: float = 600,
+        env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     """The installed ``stjobs`` command, run as a user runs it. STJOBS_PYTHON: the interpreter every node runs
-    (sbatch passes the submitting environment on; the local backend sets the same one)."""
+    (sbatch passes the submitting environment on; the local backend sets the same one). ``env``: more variables
+    (e.g. SLURM_CONF for the cluster without accounting)."""
     done = subprocess.run([stjobs_bin(), *args], capture_output=True, text=True, cwd=REPO, timeout=timeout,
-                          env=offline_env(STJOBS_PYTHON=str(VENV_BIN / "python")))
+                          env=offline_env(STJOBS_PYTHON=str(VENV_BIN / "python"), **(env or {})))
     if check and done.returncode != 0:
         raise AssertionError(f"stjobs {' '.join(args)} -> {done.returncode}\n{done.stdout}\n{done.stderr}")
     return done

@@ -13,6 +13,10 @@ task/affinity; two fake ``v100`` GPUs each as GRES), partition ``gpu`` that jobs
 ``short``, allows 5 minutes), account ``ml-team`` and QoS enforced by SLURM, accounting through slurmdbd (so
 ``sacct`` has real states), config in /etc/slurm, and an unprivileged user (:data:`SITE_USER`) with its own venv
 (:data:`SITE_PYTHON`) to submit as.
+
+A second cluster runs beside it without accounting (``up.sh --no-accounting``: no slurmdbd, ``sacct`` disabled,
+slurmctld forgets a finished job after :data:`NOACCT_MIN_JOB_AGE_S`), nodes n3/n4, same partition ``gpu``;
+clients reach it through ``SLURM_CONF`` (:func:`noacct_env`), and :func:`ensure_noacct_cluster` starts it.
 """
 
 from __future__ import annotations
@@ -46,6 +50,12 @@ TERMINAL_STATES = ("BOOT_FAIL", "CANCELLED", "COMPLETED", "DEADLINE", "FAILED", 
 
 UP_TIMEOUT_S = 600  # includes apt-get install on a fresh machine
 
+NOACCT_CLUSTER_NAME = "stjobs-noacct"
+NOACCT_CONF = Path("/etc/slurm-noacct/slurm.conf")
+NOACCT_STATE_DIR = Path(os.environ.get("STJOBS_SLURM_NOACCT_STATE", "/var/tmp/stjobs-slurm-noacct"))
+NOACCT_NODES: tuple[str, ...] = ("n3", "n4")
+NOACCT_MIN_JOB_AGE_S = 10  # its MinJobAge; slurmctld purges about once a minute, so a job goes within ~70 s
+
 
 class SlurmClusterUnavailable(RuntimeError):
     """The test cluster is not up and could not be brought up."""
@@ -55,12 +65,19 @@ def _run(args: list[str], timeout: float = 30) -> subprocess.CompletedProcess[st
     return subprocess.run(args, capture_output=True, text=True, timeout=timeout, check=False)
 
 
-def node_states() -> dict[str, str]:
-    """``{node: sinfo state}`` for the test partition; empty if sinfo is missing or fails."""
+def noacct_env() -> dict[str, str]:
+    """What a client needs to talk to the cluster without accounting instead of the main one."""
+    return {"SLURM_CONF": str(NOACCT_CONF)}
+
+
+def node_states(env: dict[str, str] | None = None) -> dict[str, str]:
+    """``{node: sinfo state}`` for the test partition; empty if sinfo is missing or fails. ``env``: extra
+    variables (:func:`noacct_env` asks the cluster without accounting)."""
     if shutil.which("sinfo") is None:
         return {}
     try:
-        proc = _run(["sinfo", "-h", "-N", "-p", PARTITION, "-o", "%N %t"], timeout=15)
+        proc = subprocess.run(["sinfo", "-h", "-N", "-p", PARTITION, "-o", "%N %t"], capture_output=True,
+                              text=True, timeout=15, check=False, env={**os.environ, **(env or {})})
     except subprocess.TimeoutExpired:
         return {}
     if proc.returncode != 0:
@@ -73,11 +90,12 @@ def node_states() -> dict[str, str]:
     return states
 
 
-def cluster_ready(require_idle: bool = True) -> bool:
+def cluster_ready(require_idle: bool = True, nodes: tuple[str, ...] = NODES,
+                  env: dict[str, str] | None = None) -> bool:
     """True if both nodes answer and are idle (or, with ``require_idle=False``, usable: idle/mix/alloc)."""
     ok = {"idle"} if require_idle else {"idle", "mix", "alloc", "comp"}
-    states = node_states()
-    return all(states.get(n) in ok for n in NODES)
+    states = node_states(env)
+    return all(states.get(n) in ok for n in nodes)
 
 
 def ensure_cluster() -> None:
@@ -85,20 +103,30 @@ def ensure_cluster() -> None:
 
     Raises SlurmClusterUnavailable (with up.sh's output) when that is impossible, e.g. not root.
     """
-    if cluster_ready(require_idle=False):
+    _ensure(NODES, None, [])
+
+
+def ensure_noacct_cluster() -> None:
+    """Make sure the cluster without accounting is up (``up.sh --no-accounting``); the main one is left as it is."""
+    _ensure(NOACCT_NODES, noacct_env(), ["--no-accounting"])
+
+
+def _ensure(nodes: tuple[str, ...], env: dict[str, str] | None, flags: list[str]) -> None:
+    if cluster_ready(require_idle=False, nodes=nodes, env=env):
         return
+    command = " ".join([str(UP_SCRIPT), *flags])
     if os.geteuid() != 0:
         raise SlurmClusterUnavailable(
-            f"SLURM test cluster is not up (sinfo: {node_states() or 'unavailable'}) and starting it "
-            f"needs root: run `sudo {UP_SCRIPT}`")
+            f"SLURM test cluster is not up (sinfo: {node_states(env) or 'unavailable'}) and starting it "
+            f"needs root: run `sudo {command}`")
     try:
-        proc = subprocess.run(["bash", str(UP_SCRIPT)], capture_output=True, text=True,
+        proc = subprocess.run(["bash", str(UP_SCRIPT), *flags], capture_output=True, text=True,
                               timeout=UP_TIMEOUT_S, check=False, env=up_env())
     except subprocess.TimeoutExpired as exc:
-        raise SlurmClusterUnavailable(f"{UP_SCRIPT} timed out after {UP_TIMEOUT_S}s") from exc
-    if proc.returncode != 0 or not cluster_ready(require_idle=False):
+        raise SlurmClusterUnavailable(f"{command} timed out after {UP_TIMEOUT_S}s") from exc
+    if proc.returncode != 0 or not cluster_ready(require_idle=False, nodes=nodes, env=env):
         raise SlurmClusterUnavailable(
-            f"{UP_SCRIPT} failed (rc={proc.returncode}); sinfo: {node_states() or 'unavailable'}\n"
+            f"{command} failed (rc={proc.returncode}); sinfo: {node_states(env) or 'unavailable'}\n"
             f"--- stdout\n{proc.stdout[-4000:]}\n--- stderr\n{proc.stderr[-8000:]}")
 
 

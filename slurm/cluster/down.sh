@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
-# Stop the SLURM test cluster started by slurm/cluster/up.sh. Idempotent; never fails if already down.
+# Stop the SLURM test clusters started by slurm/cluster/up.sh (the main one and the --no-accounting one).
+# Idempotent; never fails if already down.
 # Only processes recorded in the pid files written by up.sh are signalled (no pkill by name).
-#   --wipe   also delete the state dir ($STJOBS_SLURM_STATE, default /var/tmp/stjobs-slurm):
+#   --wipe   also delete the state dirs ($STJOBS_SLURM_STATE, default /var/tmp/stjobs-slurm, and
+#            $STJOBS_SLURM_NOACCT_STATE, default /var/tmp/stjobs-slurm-noacct):
 #            slurmctld state + accounting DB are gone, so job ids restart at 1 on the next up.sh.
 set -uo pipefail
 
 STATE=${STJOBS_SLURM_STATE:-/var/tmp/stjobs-slurm}
-NODES=(n1 n2)
+NOACCT_STATE=${STJOBS_SLURM_NOACCT_STATE:-/var/tmp/stjobs-slurm-noacct}
 WIPE=0
 for a in "$@"; do
     case $a in
@@ -40,32 +42,41 @@ stop_pid() {  # stop_pid <name> <pidfile>: TERM, wait up to 10 s, then KILL
     rm -f "$f"
 }
 
-# cancel whatever still runs, so no slurmstepd / job processes outlive their slurmd
-if [[ -s $STATE/run/slurmctld.pid ]] && kill -0 "$(cat "$STATE/run/slurmctld.pid")" 2>/dev/null \
-        && command -v squeue >/dev/null; then
-    jobs=$(timeout 10 squeue -h -o %i 2>/dev/null | tr '\n' ' ')
-    if [[ -n ${jobs// /} ]]; then
-        log "cancelling jobs: $jobs"
-        # shellcheck disable=SC2086
-        timeout 10 scancel $jobs 2>/dev/null || true
-        for _ in $(seq 20); do
-            [[ -z $(timeout 5 squeue -h -o %i 2>/dev/null) ]] && break
-            sleep 0.5
-        done
+stop_cluster() {  # stop_cluster <state dir> <slurm.conf> <node>...: its jobs, its slurmd, its slurmctld
+    local state=$1 n jobs
+    export SLURM_CONF=$2
+    shift 2
+    # cancel whatever still runs, so no slurmstepd / job processes outlive their slurmd
+    if [[ -s $state/run/slurmctld.pid ]] && kill -0 "$(cat "$state/run/slurmctld.pid")" 2>/dev/null \
+            && command -v squeue >/dev/null; then
+        jobs=$(timeout 10 squeue -h -o %i 2>/dev/null | tr '\n' ' ')
+        if [[ -n ${jobs// /} ]]; then
+            log "cancelling jobs: $jobs"
+            # shellcheck disable=SC2086
+            timeout 10 scancel $jobs 2>/dev/null || true
+            for _ in $(seq 20); do
+                [[ -z $(timeout 5 squeue -h -o %i 2>/dev/null) ]] && break
+                sleep 0.5
+            done
+        fi
     fi
-fi
+    for n in "$@"; do stop_pid "slurmd $n" "$state/run/slurmd-$n.pid"; done
+    stop_pid slurmctld "$state/run/slurmctld.pid"
+}
 
-for n in "${NODES[@]}"; do stop_pid "slurmd $n" "$STATE/run/slurmd-$n.pid"; done
-stop_pid slurmctld "$STATE/run/slurmctld.pid"
+stop_cluster "$NOACCT_STATE" /etc/slurm-noacct/slurm.conf n3 n4   # up.sh --no-accounting: no slurmdbd
+stop_cluster "$STATE" /etc/slurm/slurm.conf n1 n2
 stop_pid slurmdbd "$STATE/run/slurmdbd.pid"
 stop_pid mariadbd "$STATE/mysql/mariadbd.pid"
 stop_pid munged /run/munge/munged.pid
 
 if ((WIPE)); then
-    case $STATE in
-        /|/var|/var/tmp|/tmp|"") log "refusing to wipe '$STATE'" ;;
-        *) log "wiping $STATE"; rm -rf -- "$STATE" ;;
-    esac
+    for dir in "$STATE" "$NOACCT_STATE"; do
+        case $dir in
+            /|/var|/var/tmp|/tmp|"") log "refusing to wipe '$dir'" ;;
+            *) log "wiping $dir"; rm -rf -- "$dir" ;;
+        esac
+    done
 fi
 log "down"
 exit 0

@@ -8,11 +8,26 @@
 # No systemd needed: every daemon is started by hand; pids/logs/state live under $STJOBS_SLURM_STATE.
 # Undo with slurm/cluster/down.sh (add --wipe to also delete the state: job ids restart at 1).
 #
+# --no-accounting: a second cluster beside the first, as many small sites run SLURM: no slurmdbd, sacct disabled
+#   (AccountingStorageType=accounting_storage/none), slurmctld forgets a finished job after MinJobAge. Its own
+#   config (/etc/slurm-noacct: clients select it with SLURM_CONF=/etc/slurm-noacct/slurm.conf), ports
+#   (slurmctld 16818, nodes n3/n4 on 17003/17004), state dir and ClusterName (stjobs-noacct); munge, the fake GPUs
+#   and the site user are shared with the first cluster. Otherwise shaped alike (task/affinity, partition gpu).
+#
 # Env knobs:
 #   STJOBS_SLURM_STATE     state dir (default /var/tmp/stjobs-slurm)
+#   STJOBS_SLURM_NOACCT_STATE  state dir of the --no-accounting cluster (default /var/tmp/stjobs-slurm-noacct)
 #   STJOBS_SLURM_TIMEOUT   seconds to wait for each daemon / for the nodes (default 60)
 #   STJOBS_SLURM_NO_INSTALL=1  never call apt-get (fail if binaries are missing)
 set -euo pipefail
+
+ACCOUNTING=1
+for a in "$@"; do
+    case $a in
+        --no-accounting) ACCOUNTING=0 ;;
+        *) echo "usage: $0 [--no-accounting]" >&2; exit 2 ;;
+    esac
+done
 
 STATE=${STJOBS_SLURM_STATE:-/var/tmp/stjobs-slurm}
 TIMEOUT=${STJOBS_SLURM_TIMEOUT:-60}
@@ -33,6 +48,19 @@ GPU_TYPE=v100
 GPUS_PER_NODE=2
 GPU_FILES=/dev/stjobs-fakegpu      # device nodes /dev/stjobs-fakegpu0..N-1: slurmd only needs them to exist
 ACCOUNT=ml-team                    # every job's association; 'other-team' exists but nobody here is in it
+MIN_JOB_AGE=300                    # seconds slurmctld keeps a finished job (what squeue/scontrol can still tell)
+if ((!ACCOUNTING)); then
+    STATE=${STJOBS_SLURM_NOACCT_STATE:-/var/tmp/stjobs-slurm-noacct}
+    CLUSTER=stjobs-noacct
+    NODES=(n3 n4)
+    NODE_PORTS=(17003 17004)
+    CTLD_PORT=16818
+    ETC=/etc/slurm-noacct
+    # Short, so the tests see a job forgotten (SLURM recommends at least 2; the purge runs about once a minute)
+    MIN_JOB_AGE=10
+fi
+# Every client and daemon below reads this cluster's config (the daemons are also given -f)
+export SLURM_CONF=$ETC/slurm.conf
 SITE_USER=${STJOBS_SITE_USER:-stjobs-user}
 SITE_HOME=/home/$SITE_USER
 # The Python the site user's venv is made from: the distribution's, as on a login node (not root's pyenv).
@@ -132,33 +160,35 @@ fi
 wait_for munged bash -c 'munge -n | unmunge' || fail_with_logs "munged not working" /var/log/munge/munged.log
 
 # ---------------------------------------------------------------- MariaDB (own datadir under $STATE)
-DATADIR=$STATE/mysql
-MYSQL_PID=$DATADIR/mariadbd.pid
-MYSQL_LOG=$DATADIR/mariadbd.err
-mkdir -p /run/mysqld && chown mysql:mysql /run/mysqld   # socket dir (tmpfs, lost on reboot)
-if [[ ! -d $DATADIR/mysql ]]; then
-    log "initialising MariaDB datadir $DATADIR"
-    mkdir -p "$DATADIR" && chown mysql:mysql "$DATADIR"
-    mariadb-install-db --no-defaults --user=mysql --datadir="$DATADIR" --skip-test-db \
-        --auth-root-authentication-method=socket >"$STATE/log/mariadb-install.log" 2>&1 \
-        || fail_with_logs "mariadb-install-db failed" "$STATE/log/mariadb-install.log"
-fi
-if ! alive "$MYSQL_PID"; then
-    [[ -S $MYSQL_SOCK ]] && mariadb-admin --socket="$MYSQL_SOCK" ping >/dev/null 2>&1 \
-        && die "another MariaDB/MySQL already serves $MYSQL_SOCK (not started by this script); stop it first"
-    log "starting mariadbd"
-    # --no-defaults: ignore /etc/mysql; skip-networking: unix socket only, no TCP port at all
-    setsid mariadbd --no-defaults --user=mysql --datadir="$DATADIR" --socket="$MYSQL_SOCK" \
-        --pid-file="$MYSQL_PID" --log-error="$MYSQL_LOG" --skip-networking \
-        --innodb-buffer-pool-size=64M --innodb-log-file-size=48M --innodb-lock-wait-timeout=900 \
-        </dev/null >/dev/null 2>&1 &
-fi
-wait_for mariadbd mariadb-admin --socket="$MYSQL_SOCK" ping || fail_with_logs "MariaDB did not come up" "$MYSQL_LOG"
-mariadb --socket="$MYSQL_SOCK" -u root <<SQL
+if ((ACCOUNTING)); then   # the --no-accounting cluster has no database and no slurmdbd
+    DATADIR=$STATE/mysql
+    MYSQL_PID=$DATADIR/mariadbd.pid
+    MYSQL_LOG=$DATADIR/mariadbd.err
+    mkdir -p /run/mysqld && chown mysql:mysql /run/mysqld   # socket dir (tmpfs, lost on reboot)
+    if [[ ! -d $DATADIR/mysql ]]; then
+        log "initialising MariaDB datadir $DATADIR"
+        mkdir -p "$DATADIR" && chown mysql:mysql "$DATADIR"
+        mariadb-install-db --no-defaults --user=mysql --datadir="$DATADIR" --skip-test-db \
+            --auth-root-authentication-method=socket >"$STATE/log/mariadb-install.log" 2>&1 \
+            || fail_with_logs "mariadb-install-db failed" "$STATE/log/mariadb-install.log"
+    fi
+    if ! alive "$MYSQL_PID"; then
+        [[ -S $MYSQL_SOCK ]] && mariadb-admin --socket="$MYSQL_SOCK" ping >/dev/null 2>&1 \
+            && die "another MariaDB/MySQL already serves $MYSQL_SOCK (not started by this script); stop it first"
+        log "starting mariadbd"
+        # --no-defaults: ignore /etc/mysql; skip-networking: unix socket only, no TCP port at all
+        setsid mariadbd --no-defaults --user=mysql --datadir="$DATADIR" --socket="$MYSQL_SOCK" \
+            --pid-file="$MYSQL_PID" --log-error="$MYSQL_LOG" --skip-networking \
+            --innodb-buffer-pool-size=64M --innodb-log-file-size=48M --innodb-lock-wait-timeout=900 \
+            </dev/null >/dev/null 2>&1 &
+    fi
+    wait_for mariadbd mariadb-admin --socket="$MYSQL_SOCK" ping || fail_with_logs "MariaDB did not come up" "$MYSQL_LOG"
+    mariadb --socket="$MYSQL_SOCK" -u root <<SQL
 CREATE DATABASE IF NOT EXISTS $DB_NAME;
 CREATE USER IF NOT EXISTS '$DB_USER'@'localhost' IDENTIFIED BY '$DB_PASS';
 GRANT ALL ON $DB_NAME.* TO '$DB_USER'@'localhost';
 SQL
+fi
 
 # ---------------------------------------------------------------- fake GPUs
 # Character devices with NVIDIA's major number: SLURM allocates them as GRES and sets CUDA_VISIBLE_DEVICES and
@@ -198,7 +228,7 @@ mem_mb=${mem_mb:-2048}
 NODE_MEM=$((mem_mb / 2 > 1024 ? mem_mb / 2 : 1024))   # config_overrides makes slurmd accept it anyway
 
 dbd_changed=0
-write_if_changed "$ETC/slurmdbd.conf" 600 <<EOF && dbd_changed=1 || true
+((ACCOUNTING)) && write_if_changed "$ETC/slurmdbd.conf" 600 <<EOF && dbd_changed=1 || true
 # generated by stjobs slurm/cluster/up.sh -- test cluster
 AuthType=auth/munge
 DbdHost=localhost
@@ -214,6 +244,20 @@ StoragePass=$DB_PASS
 StorageLoc=$DB_NAME
 EOF
 
+if ((ACCOUNTING)); then
+    accounting_lines="JobAcctGatherType=jobacct_gather/linux
+JobAcctGatherFrequency=30
+AccountingStorageType=accounting_storage/slurmdbd
+# a job needs an association (its user in an account) and a QoS it may use: SLURM refuses anything else
+AccountingStorageEnforce=associations,limits,qos
+AccountingStorageTRES=gres/gpu
+AccountingStorageHost=localhost
+AccountingStoragePort=$DBD_PORT"
+else
+    # as many small sites run: sacct says "Slurm accounting storage is disabled"; nothing enforces accounts
+    accounting_lines="JobAcctGatherType=jobacct_gather/none
+AccountingStorageType=accounting_storage/none"
+fi
 node_lines=""
 for i in "${!NODES[@]}"; do
     n=${NODES[$i]}
@@ -228,7 +272,7 @@ Name=gpu Type=$GPU_TYPE File=$GPU_FILES[0-$((GPUS_PER_NODE - 1))]
 EOF
 
 write_if_changed "$ETC/slurm.conf" 644 <<EOF && conf_changed=1 || true
-# generated by stjobs slurm/cluster/up.sh -- 2-node test cluster on one host (loopback only)
+# generated by stjobs slurm/cluster/up.sh$( ((ACCOUNTING)) || echo " --no-accounting") -- 2-node test cluster on one host (loopback only)
 ClusterName=$CLUSTER
 SlurmctldHost=$CTLD_HOST(127.0.0.1)
 SlurmctldPort=$CTLD_PORT
@@ -266,15 +310,8 @@ SlurmctldTimeout=30
 SlurmdTimeout=60
 InactiveLimit=0
 KillWait=5
-MinJobAge=300
-JobAcctGatherType=jobacct_gather/linux
-JobAcctGatherFrequency=30
-AccountingStorageType=accounting_storage/slurmdbd
-# a job needs an association (its user in an account) and a QoS it may use: SLURM refuses anything else
-AccountingStorageEnforce=associations,limits,qos
-AccountingStorageTRES=gres/gpu
-AccountingStorageHost=localhost
-AccountingStoragePort=$DBD_PORT
+MinJobAge=$MIN_JOB_AGE
+$accounting_lines
 JobCompType=jobcomp/none
 $node_lines
 PartitionName=$SPARE_PARTITION Nodes=$node_list Default=YES MaxTime=5 State=UP
@@ -288,32 +325,34 @@ stop_pid() {  # stop_pid <pidfile>
     for _ in $(seq 40); do running "$p" || return 0; sleep 0.25; done
     kill -KILL "$p" 2>/dev/null || true
 }
-if ((dbd_changed)) && alive "$STATE/run/slurmdbd.pid"; then
-    log "slurmdbd.conf changed: restarting slurmdbd"; stop_pid "$STATE/run/slurmdbd.pid"
-fi
-if ! alive "$STATE/run/slurmdbd.pid"; then
-    log "starting slurmdbd"
-    slurmdbd
-fi
-wait_for slurmdbd sacctmgr -n show cluster || fail_with_logs "slurmdbd not answering" "$STATE/log/slurmdbd.log" "$MYSQL_LOG"
-if ! sacctmgr -n -P show cluster format=cluster | grep -qx "$CLUSTER"; then
-    sacctmgr -i add cluster "$CLUSTER" >/dev/null
-    log "registered cluster $CLUSTER in accounting"
-fi
-# Accounts and QoS as a site has them: root and the site user in $ACCOUNT (their default) with QoS normal;
-# 'other-team' and QoS 'long' exist, and nobody here may use them.
-sacctmgr -n -P show qos format=name | grep -qx long || sacctmgr -i add qos long >/dev/null
-for a in "$ACCOUNT" other-team; do
-    sacctmgr -n -P show account "$a" format=account | grep -qx "$a" \
-        || sacctmgr -i add account "$a" cluster="$CLUSTER" >/dev/null
-done
-for u in root "$SITE_USER"; do
-    if ! sacctmgr -n -P show assoc where user="$u" account="$ACCOUNT" format=user | grep -qx "$u"; then
-        sacctmgr -i add user "$u" account="$ACCOUNT" defaultaccount="$ACCOUNT" cluster="$CLUSTER" qos=normal \
-            >/dev/null
-        log "added $u to account $ACCOUNT"
+if ((ACCOUNTING)); then
+    if ((dbd_changed)) && alive "$STATE/run/slurmdbd.pid"; then
+        log "slurmdbd.conf changed: restarting slurmdbd"; stop_pid "$STATE/run/slurmdbd.pid"
     fi
-done
+    if ! alive "$STATE/run/slurmdbd.pid"; then
+        log "starting slurmdbd"
+        slurmdbd
+    fi
+    wait_for slurmdbd sacctmgr -n show cluster || fail_with_logs "slurmdbd not answering" "$STATE/log/slurmdbd.log" "$MYSQL_LOG"
+    if ! sacctmgr -n -P show cluster format=cluster | grep -qx "$CLUSTER"; then
+        sacctmgr -i add cluster "$CLUSTER" >/dev/null
+        log "registered cluster $CLUSTER in accounting"
+    fi
+    # Accounts and QoS as a site has them: root and the site user in $ACCOUNT (their default) with QoS normal;
+    # 'other-team' and QoS 'long' exist, and nobody here may use them.
+    sacctmgr -n -P show qos format=name | grep -qx long || sacctmgr -i add qos long >/dev/null
+    for a in "$ACCOUNT" other-team; do
+        sacctmgr -n -P show account "$a" format=account | grep -qx "$a" \
+            || sacctmgr -i add account "$a" cluster="$CLUSTER" >/dev/null
+    done
+    for u in root "$SITE_USER"; do
+        if ! sacctmgr -n -P show assoc where user="$u" account="$ACCOUNT" format=user | grep -qx "$u"; then
+            sacctmgr -i add user "$u" account="$ACCOUNT" defaultaccount="$ACCOUNT" cluster="$CLUSTER" qos=normal \
+                >/dev/null
+            log "added $u to account $ACCOUNT"
+        fi
+    done
+fi
 
 # ---------------------------------------------------------------- slurmctld + slurmd x2
 if ((conf_changed)); then
@@ -326,7 +365,7 @@ CTLD_LOG=$STATE/log/slurmctld.log
 if ! alive "$STATE/run/slurmctld.pid"; then
     log "starting slurmctld"
     ctld_log_start=$(stat -c %s "$CTLD_LOG" 2>/dev/null || echo 0)
-    slurmctld
+    slurmctld -f "$SLURM_CONF"
     # a wrong SlurmctldHost makes slurmctld exit 0 here and quit a moment later
     sleep 1
     if tail -c +"$((ctld_log_start + 1))" "$CTLD_LOG" 2>/dev/null | grep -q "not a valid controller"; then
@@ -343,7 +382,7 @@ for n in "${NODES[@]}"; do
     if ! alive "$STATE/run/slurmd-$n.pid"; then
         log "starting slurmd -N $n"
         mkdir -p "$STATE/slurmd/$n"
-        slurmd -N "$n"
+        slurmd -f "$SLURM_CONF" -N "$n"
         started+=("$n")
     fi
 done
@@ -375,4 +414,5 @@ until nodes_ok; do
     fi
     sleep 1
 done
-log "cluster $CLUSTER up: $(sinfo -h -N -p "$PARTITION" -o '%N=%t' | tr '\n' ' ')(partition $PARTITION, account $ACCOUNT, user $SITE_USER, gres gpu:$GPU_TYPE:$GPUS_PER_NODE; state: $STATE)"
+accounting=$( ((ACCOUNTING)) && echo "account $ACCOUNT" || echo "no accounting, SLURM_CONF=$SLURM_CONF")
+log "cluster $CLUSTER up: $(sinfo -h -N -p "$PARTITION" -o '%N=%t' | tr '\n' ' ')(partition $PARTITION, $accounting, user $SITE_USER, gres gpu:$GPU_TYPE:$GPUS_PER_NODE; state: $STATE)"
