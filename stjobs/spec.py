@@ -35,19 +35,20 @@ from stjobs.fields import (
 from stjobs.spec_image import BuildOptions
 from stjobs.spec_k8s import K8sOptions, Kind
 
+# Re-exported: stjobs.spec is where the spec's names are found.
+from stjobs.spec_slurm import CONSTRAINT_PATTERN as CONSTRAINT_PATTERN
+from stjobs.spec_slurm import MOUNT_PATTERN as MOUNT_PATTERN
+from stjobs.spec_slurm import PARTITIONS_PATTERN as PARTITIONS_PATTERN
+from stjobs.spec_slurm import SLURM_NAME as SLURM_NAME
+from stjobs.spec_slurm import Container as Container
+from stjobs.spec_slurm import GpuRequest as GpuRequest
+from stjobs.spec_slurm import SlurmOptions
+
 NAME_PATTERN = r"[a-z]([a-z0-9-]{0,40}[a-z0-9])?"
 ENV_NAME_PATTERN = r"[A-Za-z_][A-Za-z0-9_]*"
 MODULE_PATTERN = r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*"
-SLURM_NAME = r"[\w.-]+"
-# sbatch takes a comma list of partitions and starts the job in whichever can run it first.
-PARTITIONS_PATTERN = r"[\w.-]+(,[\w.-]+)*"
 # A GPU type as SLURM's GRES and the GPU tables name it: v100, a100, h100, l40s, rtx_6000, ...
 GPU_TYPE_PATTERN = r"[a-z0-9][a-z0-9_.-]{0,39}"
-# A feature expression as sbatch reads it: names joined by & | , * : and grouped by [] or (). It is printed on an
-# #SBATCH line, which ends at a newline and which sbatch splits at spaces, quotes and '#': none of those can appear.
-CONSTRAINT_PATTERN = r"[A-Za-z0-9_.&|!*,:()\[\]@+-]+"
-# Mount paths end up inside double quotes next to run-time variables: no quote, '$' or space can appear.
-MOUNT_PATTERN = r"[A-Za-z0-9_./@+-]+:[A-Za-z0-9_./@+-]+(:[a-z]+)?"
 # Linux's default ip_local_port_range: a rendezvous port in here can be taken by any outgoing connection.
 EPHEMERAL_PORTS = (32768, 60999)
 # Names the launcher owns; a user value would silently fight torchrun's own.
@@ -81,22 +82,6 @@ class Launcher(str, Enum):
     accelerate = "accelerate"
 
 
-class GpuRequest(str, Enum):
-    """How a site wants GPUs asked for: ``--gpus-per-node=TYPE:N`` (select/cons_tres, the modern default),
-    ``--gres=gpu:TYPE:N`` (sites still on cons_res), or N untyped GPUs plus the type as a node feature
-    (``--constraint``, for sites that tag GPU nodes with features)."""
-
-    gpus_per_node = "gpus-per-node"
-    gres = "gres"
-    constraint = "constraint"
-
-
-class Container(str, Enum):
-    none = "none"
-    pyxis = "pyxis"
-    apptainer = "apptainer"
-
-
 class Fabric(str, Enum):
     none = "none"
     infiniband = "infiniband"
@@ -120,10 +105,6 @@ class Entrypoint:
     def _resolve(values: dict[str, Any]) -> None:
         if values["module"] is None and values["script"] is None:
             values["module"] = "stjobs.train"  # the built-in training entrypoint
-        if values["resumable"] is None:
-            # Only the built-in training is known to checkpoint on USR2 and resume; a script written from the
-            # sentence-transformers docs has no handler and would be killed and restarted from step 0.
-            values["resumable"] = values["module"] == "stjobs.train"
         elif values["module"] is not None and values["script"] is not None:
             raise SpecError("entrypoint", {"module": values["module"], "script": values["script"]},
                             "exactly one of entrypoint.module or entrypoint.script")
@@ -131,6 +112,10 @@ class Entrypoint:
             # python, torchrun and accelerate would all read it as one of their own options.
             raise SpecError("entrypoint.script", values["script"], "a script path that does not start with '-' "
                             f"(write ./{values['script']})")
+        if values["resumable"] is None:
+            # Only the built-in training is known to checkpoint on USR2 and resume; a script written from the
+            # sentence-transformers docs has no handler and would be killed and restarted from step 0.
+            values["resumable"] = values["module"] == "stjobs.train"
 
 
 class NodeCount(Parser[Any]):
@@ -190,44 +175,18 @@ class Rendezvous:
 
 
 @dataclass(frozen=True)
-class SlurmOptions:
-    partition: str | None = spec_field(Nullable(Text("a SLURM partition name, or a comma list of them (the job "
-                                                     "starts in the first that can run it)", PARTITIONS_PATTERN,
-                                                     200)), None)
-    account: str | None = spec_field(Nullable(Text("a SLURM account name", SLURM_NAME, 200)), None)
-    qos: str | None = spec_field(Nullable(Text("a SLURM QOS name", SLURM_NAME, 200)), None)
-    constraint: str | None = spec_field(Nullable(Text("a SLURM feature expression of letters, digits and "
-                                                      "._&|!*,:()[]@+- (no spaces), e.g. a100&ib",
-                                                      CONSTRAINT_PATTERN, 1000)), None)
-    exclusive: bool = spec_field(Boolean(), False)
-    extra_sbatch: tuple[str, ...] = spec_field(
-        Words("a list of sbatch options, e.g. --mail-type=END",
-              Text("one sbatch option starting with --, e.g. --mail-type=END", r"--[a-z][a-z-]*(=[^\n]*)?", 500)),
-        ())
-    setup: tuple[str, ...] = spec_field(
-        Words("a list of shell lines run in the batch script before the launch, e.g. module load cuda",
-              Text("one line of shell (no newline)", r"[^\n]+", 2000)), ())
-    container: Container = spec_field(Choice(Container), Container.none)
-    container_mounts: tuple[str, ...] = spec_field(
-        Words("a list of mounts SRC:DST[:FLAGS]",
-              Text("a mount SRC:DST[:FLAGS] of letters, digits and ._/@+-", MOUNT_PATTERN, 1000)), ())
-    signal_lead_s: int = spec_field(Integer(0, 3600, "seconds before the time limit at which the job is told to "
-                                            "checkpoint (0: never), from 0 to 3600"), 120)
-    max_requeues: int = spec_field(Integer(0, 100, "how often a preempted or timed-out job requeues itself, "
-                                           "from 0 to 100"), 3)
-    srun_wait_s: int = spec_field(Integer(1, 86400, "seconds srun waits for the other nodes once one node's task "
-                                          "ended, from 1 to 86400"), 60)
-    mpi: str | None = spec_field(Nullable(Text("an srun --mpi plugin name, e.g. pmix", SLURM_NAME, 50)), None)
-    gpu_request: GpuRequest = spec_field(Choice(GpuRequest), GpuRequest.gpus_per_node,
-                                         doc="how gpu_type is asked for: gpus-per-node, gres, constraint")
-
-
-@dataclass(frozen=True)
 class NcclOptions:
     debug: bool = spec_field(Boolean(), False, doc="NCCL_DEBUG=INFO and TORCH_DISTRIBUTED_DEBUG=DETAIL")
     fabric: Fabric = spec_field(Choice(Fabric), Fabric.none, doc="network preset: none, infiniband, efa")
     timeout_s: int = spec_field(Integer(60, 86400, "the process-group timeout in seconds, from 60 to 86400"),
                                 1800)
+
+
+@dataclass(frozen=True)
+class SnapshotOptions:
+    enabled: bool = spec_field(Boolean(), True, doc="copy the workdir's code into the job directory at submit "
+                                                     "(local and SLURM), so later edits do not reach the job")
+    max_mb: int = spec_field(Integer(1, 100000, "the most MB of code a snapshot may copy, from 1 to 100000"), 200)
 
 
 def _check_env_name(key: str, value: Any, field: str) -> None:
@@ -285,6 +244,8 @@ class JobSpec:
     max_restarts: int = spec_field(Integer(0, 100, "a whole number of restarts from 0 to 100"), 0)
     nccl: NcclOptions = spec_field(Nested(NcclOptions), doc="debug, fabric, timeout_s")
     build: BuildOptions = spec_field(Nested(BuildOptions), doc="how the image is built (image names it)")
+    snapshot: SnapshotOptions = spec_field(Nested(SnapshotOptions), doc="the code copy made at submit: enabled, "
+                                                                        "max_mb")
     slurm: SlurmOptions = spec_field(Nested(SlurmOptions), doc="SLURM options")
     k8s: K8sOptions = spec_field(Nested(K8sOptions), doc="Kubernetes options")
     templates: str | None = spec_field(Nullable(Text("a directory of template overrides, relative to the spec "

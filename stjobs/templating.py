@@ -53,6 +53,8 @@ TEMPLATES: dict[str, TemplateDoc] = {
         "env": "environment the launch exports as (key, value) pairs", "workdir": "the directory to `cd` into",
         "python": "the spec's `python` (None: `$STJOBS_PYTHON`, else python3)",
         "python_modules": "top-level packages the interpreter must find before the launch (list)",
+        "snapshot": "whether `stjobs submit` copies the code (`snapshot.enabled`)",
+        "code_dir": "the copy's directory inside the job directory",
         "argv": "the launcher's argv (use the `argv` filter)",
     }),
     "sbatch.sh.j2": TemplateDoc("`job.sbatch`: the SLURM batch file", {

@@ -189,7 +189,10 @@ def check_launcher(run: Run, plan: Plan, workdir: str, secret: str) -> None:
     entry = spec.entrypoint
     tail = [entry.script or entry.module or "", *entry.args]
     assert got["argv"][-len(tail):] == [utf8(word) for word in tail]  # the spec's own words, not the plan's
-    wanted = {**spec.env, "STJOBS_OUTPUT_DIR": spec.output_dir, "STJOBS_JOB_NAME": spec.name, SECRET: secret}
+    # A relative output_dir is the workdir's, made absolute by the node script (the job may start in its code copy).
+    output = spec.output_dir if spec.output_dir.startswith("/") else \
+        os.path.normpath(os.path.join(run.base, workdir)) + "/" + spec.output_dir
+    wanted = {**spec.env, "STJOBS_OUTPUT_DIR": output, "STJOBS_JOB_NAME": spec.name, SECRET: secret}
     assert {utf8(key): got["env"].get(utf8(key)) for key in wanted} == {utf8(k): utf8(v) for k, v in wanted.items()}
     assert got["cwd"] == os.fsencode(os.path.realpath(run.base / workdir))
 

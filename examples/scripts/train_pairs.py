@@ -10,6 +10,7 @@ again and ``resume_checkpoint`` hands the Trainer that checkpoint.
 from __future__ import annotations
 
 import argparse
+import os
 
 
 def offline_copy(name: str) -> str:
@@ -28,11 +29,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", required=True, help="a model name or directory")
     parser.add_argument("--train-data", required=True, help="a JSON-lines file of anchor/positive pairs")
-    parser.add_argument("--output-dir", required=True)
+    # stjobs hands the spec's output_dir over as STJOBS_OUTPUT_DIR (an absolute path).
+    parser.add_argument("--output-dir", default=os.environ.get("STJOBS_OUTPUT_DIR"), required=False)
     parser.add_argument("--max-steps", type=int, default=200)
     parser.add_argument("--per-device-batch-size", type=int, default=16)
     parser.add_argument("--save-steps", type=int, default=500)
     args = parser.parse_args()
+    if not args.output_dir:
+        parser.error("--output-dir is required (stjobs sets STJOBS_OUTPUT_DIR)")
 
     import torch
     from datasets import Dataset

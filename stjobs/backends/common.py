@@ -10,6 +10,7 @@ from stjobs import yamlio
 from stjobs.errors import SpecError, UsageError
 from stjobs.launch import RUNTIME_VARS, LaunchPlan
 from stjobs.plan import RenderedFile
+from stjobs.snapshot import CODE_DIR
 from stjobs.spec import JobSpec
 
 NODE_SCRIPT = "launch.sh"
@@ -29,6 +30,8 @@ def node_script(spec: JobSpec, launch: LaunchPlan, workdir: str | None = None) -
         env=launch.env,
         workdir=cd_target(workdir if workdir is not None else spec.workdir_path),
         python=spec.python,
+        snapshot=spec.snapshot.enabled,
+        code_dir=CODE_DIR,
         python_modules=launch.python_modules,
         argv=launch.argv,
     )
@@ -108,4 +111,4 @@ def check_python(spec: JobSpec, modules: tuple[str, ...], workdir: Path) -> str:
         where = "this interpreter" if spec.python is None else "it"
         raise SpecError("python", python, f"an interpreter that can import {', '.join(modules)} ({where} cannot "
                         f"import {missing}: install stjobs[train] into it, or name another in the spec's python:)")
-    return python if spec.python is not None else found
+    return found if os.sep in python else python  # a bare name is looked up on each node's PATH

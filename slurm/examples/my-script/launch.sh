@@ -23,6 +23,17 @@ export TORCHELASTIC_LOG_LINE_PREFIX_TEMPLATE='[rank${rank}]:'
 cd /home/user/project
 # Set by `stjobs submit` to the interpreter it runs in; a file submitted by hand gets python3 from PATH.
 export STJOBS_PYTHON="${STJOBS_PYTHON:-python3}"
+# Relative paths are the workdir's, also when the job starts in its code snapshot below.
+if [[ "${STJOBS_PYTHON}" == */* && "${STJOBS_PYTHON}" != /* ]]; then
+  STJOBS_PYTHON="${PWD}/${STJOBS_PYTHON}"
+fi
+if [[ "${STJOBS_OUTPUT_DIR:-/}" != /* ]]; then
+  export STJOBS_OUTPUT_DIR="${PWD}/${STJOBS_OUTPUT_DIR}"
+fi
+if [[ -d "${STJOBS_JOB_DIR}/code" ]]; then
+  # The workdir's code as `stjobs submit` copied it: an edit made while the job waits does not reach it.
+  cd "${STJOBS_JOB_DIR}/code"
+fi
 # The interpreter must be here and have what the launch imports: otherwise one clear line, before any rank starts
 # (a venv that is not activated on the nodes would make every rank die of "No module named torch").
 if ! command -v "${STJOBS_PYTHON}" >/dev/null 2>&1; then
@@ -35,4 +46,4 @@ if ! stjobs_missing="$("${STJOBS_PYTHON}" -c 'import importlib.util as u, sys; m
 fi
 mkdir -p "${STJOBS_LOG_DIR}"
 # exec: the launcher replaces this shell, so a signal sent to the node step reaches it directly.
-exec "${STJOBS_PYTHON:-python3}" -m torch.distributed.run --standalone --nnodes 1 --nproc-per-node 2 --max-restarts 0 --signals-to-handle SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR2 --log-dir "${STJOBS_LOG_DIR}" --redirects 3 --tee 3 examples/scripts/train_pairs.py --model sentence-transformers/all-MiniLM-L6-v2 --train-data examples/data/train.jsonl --output-dir outputs/my-script --max-steps 60
+exec "${STJOBS_PYTHON:-python3}" -m torch.distributed.run --standalone --nnodes 1 --nproc-per-node 2 --max-restarts 0 --signals-to-handle SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR2 --log-dir "${STJOBS_LOG_DIR}" --redirects 3 --tee 3 examples/scripts/train_pairs.py --model sentence-transformers/all-MiniLM-L6-v2 --train-data examples/data/train.jsonl --max-steps 60

@@ -36,6 +36,17 @@ export TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1
 cd /home/user/project
 # Set by `stjobs submit` to the interpreter it runs in; a file submitted by hand gets python3 from PATH.
 export STJOBS_PYTHON="${STJOBS_PYTHON:-python3}"
+# Relative paths are the workdir's, also when the job starts in its code snapshot below.
+if [[ "${STJOBS_PYTHON}" == */* && "${STJOBS_PYTHON}" != /* ]]; then
+  STJOBS_PYTHON="${PWD}/${STJOBS_PYTHON}"
+fi
+if [[ "${STJOBS_OUTPUT_DIR:-/}" != /* ]]; then
+  export STJOBS_OUTPUT_DIR="${PWD}/${STJOBS_OUTPUT_DIR}"
+fi
+if [[ -d "${STJOBS_JOB_DIR}/code" ]]; then
+  # The workdir's code as `stjobs submit` copied it: an edit made while the job waits does not reach it.
+  cd "${STJOBS_JOB_DIR}/code"
+fi
 # The interpreter must be here and have what the launch imports: otherwise one clear line, before any rank starts
 # (a venv that is not activated on the nodes would make every rank die of "No module named torch").
 if ! command -v "${STJOBS_PYTHON}" >/dev/null 2>&1; then

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -17,6 +18,7 @@ from stjobs.backends.local.renderer import NAME
 from stjobs.errors import SubmitError
 from stjobs.jobs import JobRecord, jobs_root, new_job_id
 from stjobs.plan import Plan, write_plan
+from stjobs.snapshot import copy_snapshot, plan_snapshot, snapshot_details
 
 SUPERVISOR = "stjobs.backends.local.supervisor"
 
@@ -25,6 +27,7 @@ def check(plan: Plan, cwd: str | Path | None = None) -> None:
     """What must hold on this machine before anything is written: the job takes this environment and runs here."""
     check_secrets(plan.spec)
     check_local(plan.spec, plan.launch.python_modules if plan.launch else (), cwd)
+    plan_snapshot(plan.spec, Path(cwd or os.getcwd()) / plan.spec.workdir_path)
 
 
 def submit(plan: Plan, cwd: str | Path | None = None) -> JobRecord:
@@ -34,8 +37,16 @@ def submit(plan: Plan, cwd: str | Path | None = None) -> JobRecord:
     job_dir = jobs_root() / job_id
     write_plan(plan, job_dir, dir_mode=0o700)  # the job's scripts and logs are the owner's alone
     workdir = Path(cwd or os.getcwd()).resolve()
+    try:
+        snapshot = plan_snapshot(spec, workdir / spec.workdir_path)
+        if snapshot is not None:
+            copy_snapshot(snapshot, job_dir)
+    except BaseException:
+        shutil.rmtree(job_dir, ignore_errors=True)
+        raise
     details: dict[str, object] = {
         "cwd": str(workdir),
+        "snapshot": snapshot_details(snapshot),
         "python": spec.python or sys.executable,
     }
     if spec.nodes > 1:

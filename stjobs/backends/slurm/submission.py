@@ -25,6 +25,7 @@ from stjobs.errors import SpecError, SubmitError, UsageError
 from stjobs.jobs import JobRecord, jobs_root, new_job_id
 from stjobs.launch import Arg, Ref
 from stjobs.plan import Plan, write_plan
+from stjobs.snapshot import copy_snapshot, plan_snapshot, snapshot_details
 from stjobs.spec import Container, JobSpec
 
 
@@ -33,6 +34,7 @@ def check(plan: Plan, sbatch: bool = False, cwd: str | Path | None = None, execu
     template only reaches SLURM through plain sbatch (submitit writes a batch script of its own)."""
     common.check_secrets(plan.spec)
     node_python(plan, cwd)
+    plan_snapshot(plan.spec, Path(cwd or os.getcwd()) / plan.spec.workdir_path)
     site = plan.file(slurm.SBATCH_FILE).site_template
     if site is not None and not sbatch:
         raise UsageError(f"--sbatch: got a site batch template ({site}) without --sbatch; expected --sbatch "
@@ -63,8 +65,11 @@ def submit(plan: Plan, sbatch: bool = False, cwd: str | Path | None = None, exec
     job_dir = jobs_root() / job_id
     write_plan(plan, job_dir)
     workdir = Path(cwd or os.getcwd()).resolve()
-    python = node_python(plan, cwd)
     try:
+        python = node_python(plan, cwd)
+        snapshot = plan_snapshot(plan.spec, workdir / plan.spec.workdir_path)
+        if snapshot is not None:
+            copy_snapshot(snapshot, job_dir)
         if sbatch:
             slurm_id, details = _submit_sbatch(job_dir, workdir, python)
         else:
@@ -75,7 +80,8 @@ def submit(plan: Plan, sbatch: bool = False, cwd: str | Path | None = None, exec
     record = JobRecord(job_id=job_id, backend=slurm.NAME, name=plan.job_name, job_dir=str(job_dir),
                        submitted_at=time.time(), nodes=plan.spec.nodes, procs_per_node=plan.spec.procs_per_node,
                        details={"slurm_job_id": slurm_id, "cwd": str(workdir),
-                                "max_requeues": plan.spec.slurm.max_requeues, **details})
+                                "max_requeues": plan.spec.slurm.max_requeues,
+                                "snapshot": snapshot_details(snapshot), **details})
     record.save()
     return record
 
