@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import stat
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -94,8 +95,12 @@ def copy_snapshot(snapshot: Snapshot, job_dir: Path) -> Path:
     dest.mkdir(mode=0o700)
     for name in snapshot.files:
         target = dest / name
-        target.parent.mkdir(parents=True, exist_ok=True)
+        for parent in reversed(target.relative_to(dest).parents[:-1]):
+            (dest / parent).mkdir(mode=0o700, exist_ok=True)  # never the umask's choice (test_permissions)
         shutil.copy2(snapshot.root / name, target, follow_symlinks=False)
+        if not target.is_symlink():
+            # The owner's copy: no group or world write, whatever the source allowed; executable bits kept.
+            target.chmod(stat.S_IMODE(target.stat().st_mode) & 0o755)
     return dest
 
 
