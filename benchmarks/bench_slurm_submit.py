@@ -27,6 +27,7 @@ REPO = Path(__file__).resolve().parent.parent
 PYTHON = Path(sys.executable)
 STJOBS = PYTHON.parent / "stjobs"
 FIRST_STEP = '"event":"loss"'
+PARTITION = "gpu"  # the test cluster's, which jobs must name (its default partition allows 5 minutes)
 
 
 def train_args(model: Path, out: Path) -> list[str]:
@@ -44,6 +45,7 @@ def hand_written(work: Path, model: Path, round_no: int) -> tuple[list[str], Pat
 #SBATCH --ntasks-per-node=1
 #SBATCH --cpus-per-task=1
 #SBATCH --time=10
+#SBATCH --partition={PARTITION}
 #SBATCH --output={out}
 export OMP_NUM_THREADS=1 TOKENIZERS_PARALLELISM=false PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
 head_node=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)
@@ -57,6 +59,7 @@ def stjobs_submit(work: Path, model: Path, round_no: int, sbatch: bool) -> list[
     args = train_args(model, work / f"stjobs-run-{round_no}-{sbatch}")
     return [str(STJOBS), "submit", "examples/two-nodes.yaml", "-b", "slurm", "--procs-per-node", "1",
             "--cpus-per-task", "1", "--set", "mem_gb=null", "--set", "time_min=10",
+            "--set", f"slurm.partition={PARTITION}",
             "--set", "entrypoint.args=" + json.dumps(args), *(["--sbatch"] if sbatch else [])]
 
 
