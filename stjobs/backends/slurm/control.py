@@ -1,16 +1,21 @@
 """Status, logs and cancel for SLURM jobs, read from SLURM itself: sacct, and squeue for what waits in the queue
-(its pending reason) or what accounting does not show yet; many jobs at once take one call of each."""
+(its pending reason) or what accounting does not show yet; many jobs at once take one call of each.
+
+Where a cluster keeps no accounting (sacct says so), ``squeue --states=all`` answers instead while slurmctld
+remembers a job (state, exit code, restart count), and the job's own files (:mod:`jobfiles`) once it has forgotten.
+"""
 
 from __future__ import annotations
 
-import glob
 import re
 import subprocess
 import time
 from collections.abc import Iterator, Sequence
-from pathlib import Path
+from dataclasses import replace
 
 from stjobs.backends.joblog import first_error, read_tail
+from stjobs.backends.slurm import jobfiles
+from stjobs.backends.slurm.jobfiles import Seen, output_files, slurm_id
 from stjobs.backends.slurm.task import OUT_OF_REQUEUES_EXIT
 from stjobs.errors import SubmitError
 from stjobs.jobs import JobRecord, JobStatus, State, follow_files, wait_until_finished
@@ -37,10 +42,13 @@ NEVER_CLEARS = {
     "BadConstraints": "node features no node has",
 }
 Run = tuple[str, int | None]  # one run of a job in accounting: its state and exit code
+ACCOUNTING_DISABLED = "accounting storage is disabled"  # sacct's words on a cluster that keeps no accounting
+# slurmctld's view of every job it still holds, finished ones too (exit_code: a wait status; RestartCnt: requeues)
+MEMORY_FORMAT = "JobID:|,State:|,Reason:|,exit_code:|,RestartCnt:|"
 
 
-def slurm_id(record: JobRecord) -> str:
-    return str(record.details["slurm_job_id"])
+class AccountingDisabled(SubmitError):
+    """sacct: "Slurm accounting storage is disabled"."""
 
 
 def status(record: JobRecord) -> JobStatus:
@@ -52,16 +60,31 @@ def statuses(records: Sequence[JobRecord]) -> list[JobStatus]:
     ``CHUNK`` to a call): a listing of 200 jobs is two queries, not 200. sacct has each run's state and exit code;
     squeue slurmctld's view of what is still queued or running, and a pending job's reason. A failing ``sacct``
     fails the lot (the api shows them UNKNOWN with its reason); a failing ``squeue`` only the jobs that accounting
-    does not show finished."""
+    does not show finished. Once sacct says the cluster keeps no accounting, it is not asked again in this call:
+    one ``squeue --states=all`` per chunk answers alone."""
     ids = [slurm_id(record) for record in records]
     runs: dict[str, list[Run]] = {}
     queued: dict[str, tuple[str, str]] = {}
     queue_errors: dict[str, str] = {}  # job id -> why squeue could not be asked about it
+    remembered: dict[str, Seen] | None = None  # slurmctld's answers, once sacct has said it is disabled
     for chunk in _chunks(list(dict.fromkeys(ids))):
-        accounting, queue, queue_error = _ask(chunk)
-        runs.update(accounting)
-        queued.update(queue)
-        queue_errors.update(dict.fromkeys(chunk, queue_error) if queue_error else {})
+        if remembered is None:
+            try:
+                accounting, queue, queue_error = _ask(chunk)
+            except AccountingDisabled:
+                remembered = {}
+            else:
+                runs.update(accounting)
+                queued.update(queue)
+                queue_errors.update(dict.fromkeys(chunk, queue_error) if queue_error else {})
+                continue
+        try:
+            remembered.update(_ask_memory(chunk))
+        except SubmitError as error:
+            queue_errors.update(dict.fromkeys(chunk, str(error)))
+    if remembered is not None:
+        return [_judge_unaccounted(record, remembered.get(job), queue_errors.get(job, ""))
+                for record, job in zip(records, ids, strict=True)]
     return [_judge(record, runs.get(job, []), queued.get(job), queue_errors.get(job, ""))
             for record, job in zip(records, ids, strict=True)]
 
@@ -113,6 +136,11 @@ def _judge(record: JobRecord, runs: list[Run], queued: tuple[str, str] | None, q
         young = time.time() - record.submitted_at < ACCOUNTING_GRACE_S
         return JobStatus(record, State.PENDING if young else State.LOST,
                          reason="" if young else "SLURM knows no such job (sacct and squeue are empty)")
+    return _verdict(record, state, exit_code, requeues, waiting)
+
+
+def _verdict(record: JobRecord, state: str, exit_code: int | None, requeues: int, waiting: str) -> JobStatus:
+    """Our status from SLURM's state word, exit code and requeue count (and why a pending job waits)."""
     ours = STATES.get(state, State.FAILED)
     reason = ""
     if exit_code == OUT_OF_REQUEUES_EXIT and ours in (State.COMPLETED, State.FAILED):
@@ -122,7 +150,7 @@ def _judge(record: JobRecord, runs: list[Run], queued: tuple[str, str] | None, q
     elif ours is State.PENDING:
         reason = waiting
     elif ours not in (State.COMPLETED, State.RUNNING):
-        texts = [read_tail(path) for path in _output_files(record)]
+        texts = [read_tail(path) for path in output_files(record)]
         cause = first_error(texts) if ours is State.FAILED else ""
         lines = "; ".join(line for line in _failure_lines(texts) if line not in cause)
         slurm = f"SLURM state {state}" + (f" exit {exit_code}" if exit_code else "") + (f": {lines}" if lines else "")
@@ -153,16 +181,32 @@ def _failure_lines(texts: list[str]) -> list[str]:
     return list(dict.fromkeys(found))[-3:]
 
 
-def _output_files(record: JobRecord) -> list[Path]:
-    output = str(record.details["output"])
-    if record.details.get("mode") == "submitit":
-        # One file per srun task (node): {id}_{task}_log.out.
-        return sorted(Path(p) for p in glob.glob(output.replace("_0_log.out", "_*_log.out")))
-    return [Path(output)]
+def _judge_unaccounted(record: JobRecord, seen: Seen | None, queue_error: str) -> JobStatus:
+    """One job's status without accounting: slurmctld's answer while it holds the job (kept in the job directory
+    once the job has ended), else what the job's own files say, else why it cannot be known."""
+    if seen is not None:
+        final = STATES.get(seen.state, State.FAILED).finished
+        if final:
+            jobfiles.remember(record, seen)
+        waiting = pending_reason(seen.reason) if seen.reason and not final else ""
+        return _verdict(record, seen.state, seen.exit_code if final else None, seen.restarts, waiting)
+    if queue_error:
+        return JobStatus(record, State.UNKNOWN, reason=queue_error)
+    forgot = (f"slurmctld has forgotten job {slurm_id(record)} (finished jobs go after MinJobAge) and this "
+              "cluster keeps no accounting")
+    found = jobfiles.recall(record) or jobfiles.ending(record)
+    if isinstance(found, str):
+        texts = [read_tail(path) for path in output_files(record)]
+        said = first_error(texts) or "; ".join(_failure_lines(texts))
+        return JobStatus(record, State.LOST, reason=f"{forgot}, so how it ended cannot be known: {found}"
+                                                    + (f"; its output says: {said}" if said else ""))
+    status = _verdict(record, found.state, found.exit_code, found.restarts, "")
+    note = f"{forgot}; {found.source}"
+    return replace(status, reason=f"{status.reason}; {note}" if status.reason else note)
 
 
 def logs(record: JobRecord, follow: bool = False, rank: int | None = None) -> Iterator[str]:
-    return follow_files(lambda: _output_files(record), lambda: status(record).state.finished, follow, rank)
+    return follow_files(lambda: output_files(record), lambda: status(record).state.finished, follow, rank)
 
 
 def cancel(record: JobRecord, wait_s: float = 60.0) -> JobStatus:
@@ -186,6 +230,21 @@ def _parse_sacct(text: str) -> dict[str, list[Run]]:
             runs.setdefault(job.strip(), []).append(
                 (state.split()[0].rstrip("+"), int(code) if code.isdigit() else None))
     return runs
+
+
+def _ask_memory(ids: list[str]) -> dict[str, Seen]:
+    """What slurmctld holds of ``ids``, finished jobs included (until MinJobAge): squeue --states=all."""
+    text = _finish(_start(["squeue", "--states=all", "-h", "-j", ",".join(ids), "-O", MEMORY_FORMAT]),
+                   unknown_job_ok=True)
+    seen: dict[str, Seen] = {}
+    for line in text.splitlines():
+        fields = [field.strip() for field in line.split("|")]
+        if len(fields) < 5 or not fields[1]:
+            continue
+        job, state, why, status, restarts = fields[:5]
+        seen[job] = Seen(state, (int(status) >> 8) & 0xFF if status.isdigit() else None,  # a wait status
+                         int(restarts) if restarts.isdigit() else 0, "" if why in ("None", "(null)") else why)
+    return seen
 
 
 def _parse_squeue(text: str) -> dict[str, tuple[str, str]]:
@@ -219,6 +278,8 @@ def _finish(process: subprocess.Popen[str], unknown_job_ok: bool = False) -> str
         return stdout
     message = (stderr or stdout).strip().splitlines()
     if unknown_job_ok and any("Invalid job id" in line for line in message):
-        return ""  # squeue forgets finished jobs; sacct has spoken for them
+        return ""  # squeue forgets finished jobs; sacct (or the job's files) has spoken for them
+    if name == "sacct" and any(ACCOUNTING_DISABLED in line for line in message):
+        raise AccountingDisabled(f"slurm: sacct: {message[-1]}")
     # The controller or the accounting daemon is down: say so, never call the job lost.
     raise SubmitError(f"slurm: {name} failed: {message[-1] if message else f'exit {process.returncode}'}")
