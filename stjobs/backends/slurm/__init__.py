@@ -3,8 +3,9 @@
 One srun task per node runs the shared node launch script (torchrun with ``--nproc-per-node`` = processes per
 node): never one task per GPU plus torchrun, which makes every GPU visible to several agents. This is the face of
 the backend; the work is in renderer (pure), submission (the only code that submits), control (sacct, squeue,
-scancel) and task (what submitit runs on each node). Submission and control are imported on first use, so a
-render never imports submitit.
+scancel), jobfiles (what a job's own files say, once a cluster without accounting has forgotten it) and task
+(what submitit runs on each node). Submission and control are imported on first use, so a render never imports
+submitit.
 """
 
 from __future__ import annotations
