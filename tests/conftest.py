@@ -12,6 +12,14 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLES = REPO / "examples"
 VENV_BIN = Path(sys.executable).parent
+# A relative workdir is taken from the spec file's directory, so rendered files name this checkout's path: the
+# goldens show it as if the project lived here, and a checkout anywhere else must render the same bytes.
+GOLDEN_PROJECT = "/home/user/project"
+
+
+def as_golden(text: str) -> str:
+    """Rendered text as the goldens hold it: this checkout's path shown as GOLDEN_PROJECT."""
+    return text.replace(str(REPO), GOLDEN_PROJECT)
 
 
 @pytest.fixture(autouse=True)

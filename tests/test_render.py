@@ -15,7 +15,7 @@ import pytest
 import stjobs
 from stjobs.errors import RenderError
 from stjobs.plan import write_plan
-from tests.conftest import EXAMPLES, REPO, offline_env, stjobs_bin
+from tests.conftest import EXAMPLES, REPO, as_golden, offline_env, stjobs_bin
 
 # Where each backend's golden examples live: one directory per example spec under examples/.
 GOLDEN_ROOTS = {"local": EXAMPLES / "local", "slurm": REPO / "slurm" / "examples", "k8s": REPO / "k8s" / "examples",
@@ -33,15 +33,10 @@ def specs_for(backend: str) -> list[Path]:
     return K8S_SPECS if backend == "k8s" else [spec for spec in SPECS if spec not in K8S_SPECS]
 
 
-# A relative workdir is taken from the spec file's directory, so rendered files name this checkout's path: the
-# goldens show it as if the project lived here, and a checkout anywhere else must render the same bytes.
-GOLDEN_PROJECT = "/home/user/project"
-
-
 def render_for(backend: str, spec_path: Path) -> stjobs.Plan:
     spec = stjobs.load_spec(spec_path)
     plan = stjobs.render_image(spec) if backend == "image" else stjobs.render(spec, backend)
-    files = tuple(dataclasses.replace(item, content=item.content.replace(str(REPO), GOLDEN_PROJECT))
+    files = tuple(dataclasses.replace(item, content=as_golden(item.content))
                   for item in plan.files)
     return dataclasses.replace(plan, files=files)
 
