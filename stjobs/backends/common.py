@@ -83,6 +83,19 @@ def check_secrets(spec: JobSpec) -> None:
                             "first; the job takes its value from this environment, never from a file)")
 
 
+def check_workdir(spec: JobSpec, cwd: str | Path | None, where: str) -> Path:
+    """The job's workdir (taken from ``cwd`` when relative) and its entrypoint script exist here; the workdir.
+    ``where`` says why this machine's files are the job's (e.g. "on the cluster's shared file system")."""
+    workdir = Path(cwd or os.getcwd()).resolve() / spec.workdir_path  # an absolute workdir replaces the base
+    if not workdir.is_dir():
+        raise SpecError("workdir", spec.workdir, f"an existing directory {where} ({workdir} is not one here)")
+    script = spec.entrypoint.script
+    if script is not None and not (workdir / script).is_file():
+        raise SpecError("entrypoint.script", script, f"a file that exists: the job runs it from its workdir, and "
+                        f"{workdir / script} is not a file")
+    return workdir
+
+
 # Finds top-level packages without importing them: cheap enough to run before every submit.
 _FIND_MODULES = ("import importlib.util as u, sys; m = [n for n in sys.argv[1:] if u.find_spec(n) is None]; "
                  "print(*m); sys.exit(1 if m else 0)")

@@ -21,7 +21,7 @@ from typing import Any
 
 from stjobs.backends import common
 from stjobs.backends.slurm import renderer as slurm
-from stjobs.errors import SpecError, SubmitError, UsageError
+from stjobs.errors import SubmitError, UsageError
 from stjobs.jobs import JobRecord, jobs_root, new_job_id
 from stjobs.launch import Arg, Ref
 from stjobs.plan import Plan, write_plan
@@ -47,15 +47,7 @@ def node_python(plan: Plan, cwd: str | Path | None = None) -> str | None:
     spec = plan.spec
     if spec.slurm.container is not Container.none:
         return None
-    base = Path(cwd or os.getcwd()).resolve()
-    workdir = base / spec.workdir_path
-    if not workdir.is_dir():
-        raise SpecError("workdir", spec.workdir, f"an existing directory on the cluster's shared file system "
-                        f"({workdir} is not one here)")
-    script = spec.entrypoint.script
-    if script is not None and not (workdir / script).is_file():
-        raise SpecError("entrypoint.script", script, f"a file that exists: the job runs it from its workdir, and "
-                        f"{workdir / script} is not a file")
+    workdir = common.check_workdir(spec, cwd, "on the cluster's shared file system")
     return common.check_python(spec, plan.launch.python_modules if plan.launch else (), workdir)
 
 
