@@ -299,6 +299,9 @@ GresTypes=gpu
 MpiDefault=none
 SwitchType=switch/none
 SchedulerType=sched/backfill
+# start a batch job at submit: SLURM's default batch_sched_delay=3 holds each one for 0-3 s, a delay sites see
+# for every way of submitting alike, which here would be noise in every test and in the submit benchmark
+SchedulerParameters=batch_sched_delay=0
 SelectType=select/cons_tres
 SelectTypeParameters=CR_Core
 # reject (instead of queueing forever) jobs that can never fit the partition/nodes
