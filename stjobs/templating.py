@@ -64,6 +64,7 @@ TEMPLATES: dict[str, TemplateDoc] = {
         "user_setup": "shell lines from `slurm.setup`", "signal_lead_s": "seconds of warning before the limit (0: "
         "no preemption handling)", "max_requeues": "`slurm.max_requeues`", "out_of_requeues_exit": "the exit "
         "status once requeues are spent (75)", "srun": "the srun argv (use the `argv` filter)",
+        "exit_record": "the exit record's file name in the job directory (holds `${SLURM_JOB_ID}`)",
     }),
     "Dockerfile.j2": TemplateDoc("`images/Dockerfile.gpu` and `images/Dockerfile.cpu`", _IMAGE_VARIABLES),
     "apptainer.def.j2": TemplateDoc("`images/apptainer.def`", _IMAGE_VARIABLES),

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal as signal_module
 import subprocess
 import sys
 import time
@@ -25,25 +26,23 @@ import stjobs
 from stjobs.backends.slurm import control, jobfiles
 from stjobs.jobs import JobRecord, State, jobs_root
 from stjobs.train.events import parse_events
-from tests.conftest import build_tiny_model, cli, job_of
+from tests.conftest import EXAMPLES, build_tiny_model, cli, job_of
 from tests.slurm_cluster import NOACCT_NODES, ensure_noacct_cluster, noacct_env
 from tests.test_slurm import job_args
 from tests.test_slurm_status import SHIM, Slurm, slurm_record
 
 DISABLED = "sacct: error: Slurm accounting storage is disabled"
 
-# What the rendered batch file would add (templates/sbatch.sh.j2, after `export STJOBS_JOB_DIR`) for
-# jobfiles.EXIT_RECORD, plus `echo "requeued ${SLURM_RESTART_COUNT:-0}" >>"$stjobs_exit_record"` before its
-# `scontrol requeue`, and `srun` instead of `exec srun` so the EXIT trap runs. The TERM trap matters: bash killed
-# by an untrapped SIGTERM runs its EXIT trap with $? = 0, which would read as success (tried here).
-EXIT_RECORD_LINES = """
-stjobs_exit_record="$STJOBS_JOB_DIR/slurm-$SLURM_JOB_ID.exit"
-echo "started ${SLURM_RESTART_COUNT:-0}" >>"$stjobs_exit_record"
-trap 'echo "exited $? ${SLURM_RESTART_COUNT:-0}" >>"$stjobs_exit_record"' EXIT
-trap 'exit 143' TERM
+# Stand-ins for what the batch file calls: srun runs the body of this run (SRUN_BODY) where launch.sh would run,
+# scontrol answers hostnames and requeue. Everything else is the rendered batch file itself, run by real bash.
+SRUN_SHIM = "#!/bin/bash\nexec bash -c \"$SRUN_BODY\"\n"
+SCONTROL_SHIM = """#!/bin/bash
+case "$1 $2" in
+  "show hostnames") echo n1; echo n2 ;;
+  "requeue "*) echo "requeue $2" >>"$STJOBS_JOB_DIR/scontrol.log" ;;
+  *) echo "scontrol shim: $*" >&2; exit 1 ;;
+esac
 """
-
-
 @pytest.fixture
 def shims(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Slurm:
     """sacct says accounting is disabled; squeue answers from the table (tests/test_slurm_status.py's shims)."""
@@ -103,33 +102,64 @@ def test_what_slurmctld_said_is_kept_for_when_it_has_forgotten(shims: Slurm, mon
     assert json.loads((Path(record.job_dir) / jobfiles.SEEN_FILE).read_text())["state"] == "CANCELLED"
 
 
-@pytest.mark.parametrize("runs,state,exit_code,requeues,said", [
-    (["true"], State.COMPLETED, 0, 0, "exit record"),
-    (["exit 3"], State.FAILED, 3, 0, "exit record"),
-    (["exit 75"], State.FAILED, 75, 0, "the most slurm.max_requeues=3 allows"),  # out of requeues
-    (["sleep 5 & wait"], State.LOST, None, 0, "ended by signal 15"),  # scancel, time limit or preemption
-    (["kill -KILL $$"], State.LOST, None, 0, "recorded no exit"),  # SIGKILL after KillWait: no trap runs
-    (["echo \"requeued 0\" >>\"$stjobs_exit_record\"; exit 0"], State.LOST, None, 0, "next run never started"),
-    (["echo \"requeued 0\" >>\"$stjobs_exit_record\"; exit 0", "true"], State.COMPLETED, 0, 1, "exit record"),
+def batch_file(spec: str, job_dir: Path) -> Path:
+    """The packaged batch file and node script as stjobs renders them for the example, in the job's directory."""
+    rendered = stjobs.render(stjobs.load_spec(EXAMPLES / spec), "slurm")
+    for name in ("job.sbatch", "launch.sh"):
+        (job_dir / name).write_text(rendered.file(name).content)
+    return job_dir / "job.sbatch"
+
+
+# Each run: (SLURM_RESTART_COUNT, what srun does, the signal SLURM sends the batch script while srun runs).
+Run = tuple[int, str, str | None]
+
+
+@pytest.mark.parametrize("spec,runs,state,exit_code,requeues,said", [
+    ("tiny-ddp.yaml", [(0, "exit 0", None)], State.COMPLETED, 0, 0, "exit record"),
+    ("tiny-ddp.yaml", [(0, "exit 3", None)], State.FAILED, 3, 0, "exit record"),
+    ("my-script.yaml", [(0, "exit 3", None)], State.FAILED, 3, 0, "exit record"),  # not resumable: no USR2 trap
+    ("my-script.yaml", [(0, "exit 0", None)], State.COMPLETED, 0, 0, "exit record"),
+    # scancel, the time limit: SIGTERM to the script (and everything in the job) ends it 143
+    ("tiny-ddp.yaml", [(0, "sleep 30", "TERM")], State.LOST, None, 0, "ended by signal 15"),
+    ("my-script.yaml", [(0, "sleep 30", "TERM")], State.LOST, None, 0, "ended by signal 15"),
+    ("tiny-ddp.yaml", [(0, "kill -KILL $PPID", None)], State.LOST, None, 0, "recorded no exit"),  # after KillWait
+    # preempted: USR2 reaches the ranks through srun, the script requeues itself ...
+    ("tiny-ddp.yaml", [(0, "sleep 30", "USR2")], State.LOST, None, 0, "next run never started"),
+    # ... and the next run finishes
+    ("tiny-ddp.yaml", [(0, "sleep 30", "USR2"), (1, "exit 0", None)], State.COMPLETED, 0, 1, "exit record"),
+    # preempted with no requeue left, or requeued from outside once too often
+    ("tiny-ddp.yaml", [(3, "sleep 30", "USR2")], State.FAILED, 75, 3, "the most slurm.max_requeues=3 allows"),
+    ("tiny-ddp.yaml", [(4, "exit 0", None)], State.FAILED, 75, 4, "the most slurm.max_requeues=3 allows"),
 ])
-def test_a_forgotten_batch_job_ends_as_its_exit_record_says(runs: list[str], state: State, exit_code: int | None,
-                                                            requeues: int, said: str, shims: Slurm,
-                                                            monkeypatch: pytest.MonkeyPatch) -> None:
-    """The exit record is written by real bash running the proposed batch file lines, each run as SLURM starts
-    it (SLURM_RESTART_COUNT), then killed or ended as the case says; slurmctld knows nothing any more."""
+def test_a_forgotten_batch_job_ends_as_its_exit_record_says(spec: str, runs: list[Run], state: State,
+                                                            exit_code: int | None, requeues: int, said: str,
+                                                            shims: Slurm, tmp_path: Path) -> None:
+    """The rendered batch file runs as SLURM would start it, once per run, and ends as the case says; then
+    slurmctld knows nothing any more and only the exit record the batch file wrote can tell."""
     record = slurm_record(4300)
-    for restart, body in enumerate(runs):
-        script = f"set -euo pipefail\n{EXIT_RECORD_LINES}\n{body}\n"
-        run = subprocess.Popen(["bash", "-c", script], env={"PATH": "/usr/bin:/bin", "SLURM_JOB_ID": "4300",
-                                                             "STJOBS_JOB_DIR": record.job_dir,
-                                                             "SLURM_RESTART_COUNT": str(restart)})
-        if "sleep" in body:
-            time.sleep(0.5)
-            run.terminate()
-        run.wait(timeout=30)
+    script = batch_file(spec, Path(record.job_dir))
+    for name, text in (("srun", SRUN_SHIM), ("scontrol", SCONTROL_SHIM)):
+        (tmp_path / "bin" / name).write_text(text)
+        (tmp_path / "bin" / name).chmod(0o755)
+    for restart, body, signal in runs:
+        env = {"PATH": f"{tmp_path / 'bin'}:/usr/bin:/bin", "SLURM_JOB_ID": "4300", "SLURM_JOB_NODELIST": "n[1-2]",
+               "STJOBS_JOB_DIR": record.job_dir, "SLURM_RESTART_COUNT": str(restart), "SRUN_BODY": body}
+        run = subprocess.Popen(["bash", str(script)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                               text=True, start_new_session=True)
+        if signal == "USR2":  # --signal=B:USR2: to the batch shell alone
+            time.sleep(1.0)  # past the traps, into srun
+            run.send_signal(signal_module.SIGUSR2)
+        elif signal == "TERM":  # scancel and the time limit signal every process of the job
+            time.sleep(1.0)
+            os.killpg(run.pid, signal_module.SIGTERM)
+        _, err = run.communicate(timeout=60)
+    record_text = (Path(record.job_dir) / "slurm-4300.exit").read_text()
     (row,) = stjobs.status()
-    assert (row.state, row.exit_code, row.requeues) == (state, exit_code, requeues), row.reason
+    assert (row.state, row.exit_code, row.requeues) == (state, exit_code, requeues), (row.reason, record_text, err)
     assert said in row.reason and "slurmctld has forgotten job 4300" in row.reason, row.reason
+    requeues_asked = Path(record.job_dir) / "scontrol.log"
+    requeued = requeues_asked.read_text() if requeues_asked.exists() else ""
+    assert requeued.count("requeue 4300") == sum(1 for restart, _, sent in runs if sent == "USR2" and restart < 3)
 
 
 def submitit_record(number: int, logs: list[str], results: list[tuple[str, Any] | None]) -> JobRecord:
@@ -289,12 +319,9 @@ def test_after_slurmctld_forgets_the_status_is_right_or_says_it_cannot_be_known(
     assert "submitit's result files" in got["unwatched-submitit"]["reason"]
     events = parse_events(run(home, "logs", unwatched["submitit"]).stdout)
     assert any(e["event"] == "saved" for e in events), "logs of a forgotten job"
-    # A batch job's only witness is its exit record, which the batch file writes or does not.
-    batch = got["unwatched-sbatch"]
-    if (home / "jobs" / unwatched["sbatch"] / f"slurm-{slurm_job(home, unwatched['sbatch'])}.exit").exists():
-        assert batch["state"] == "COMPLETED", batch
-    else:
-        assert batch["state"] == "LOST" and "cannot be known" in batch["reason"], batch
+    # A batch job's only witness is the exit record its batch file wrote.
+    assert got["unwatched-sbatch"]["state"] == "COMPLETED", got["unwatched-sbatch"]
+    assert "the batch script's exit record" in got["unwatched-sbatch"]["reason"]
     # What stjobs saw slurmctld say before it forgot (the earlier tests, when they ran).
     expected = {"completed-sbatch": ("COMPLETED", 0), "completed-submitit": ("COMPLETED", 0),
                 "cancelled": ("CANCELLED", 0), "requeued": ("CANCELLED", 1)}

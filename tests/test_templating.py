@@ -99,7 +99,7 @@ def test_a_broken_site_template_names_the_file_and_the_line(tmp_path: Path, text
     message = str(caught.value)
     assert message.startswith("templates: got '") and "'; expected sbatch.sh.j2 there to be a Jinja template" in message
     assert problem in message and "\n" not in message
-    assert "sbatch.sh.j2 gets: job_setup, max_requeues, name," in message
+    assert "sbatch.sh.j2 gets: exit_record, job_setup, max_requeues, name," in message
 
 
 def test_partials_are_the_sites_own_and_a_misspelt_override_is_refused(tmp_path: Path) -> None:

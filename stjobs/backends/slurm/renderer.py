@@ -14,6 +14,7 @@ import shlex
 from pathlib import Path
 
 from stjobs.backends.common import NODE_SCRIPT, launch_files, node_script, refuse_elastic, refuse_schemas, spec_file
+from stjobs.backends.slurm.jobfiles import EXIT_RECORD
 from stjobs.backends.slurm.task import OUT_OF_REQUEUES_EXIT
 from stjobs.errors import SpecError
 from stjobs.launch import Arg, Ref, build_launch
@@ -184,6 +185,7 @@ def render(spec: JobSpec, k8s_schemas: Path | None = None) -> Plan:
         sbatch_options=options, node_script=NODE_SCRIPT, job_setup=job_setup(spec),
         user_setup=spec.slurm.setup, signal_lead_s=preemption_lead_s(spec),
         max_requeues=spec.slurm.max_requeues, out_of_requeues_exit=OUT_OF_REQUEUES_EXIT,
+        exit_record=EXIT_RECORD.format(job="${SLURM_JOB_ID}"),
         srun=["srun", *srun_options(spec), *node_command(spec)],
     )
     files = (batch, node_script(spec, launch), spec_file(spec),
