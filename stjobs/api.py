@@ -8,9 +8,9 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from stjobs import images
+from stjobs import gpus, images
 from stjobs.backends import backend_module
-from stjobs.errors import StjobsError
+from stjobs.errors import SpecError, StjobsError
 from stjobs.plan import no_world_write, write_plan
 from stjobs.spec import Strategy
 from stjobs.train.args import DEFAULT_PER_DEVICE_BATCH_SIZE, batch_options
@@ -27,8 +27,45 @@ def render(spec: JobSpec, backend: str = "local", k8s_schemas: str | Path | None
     ``k8s_schemas``: a directory with the Kubeflow CRD files; the k8s backend then checks its manifest strictly
     against them (without it the plan notes that the check was skipped); the others refuse it."""
     plan = backend_module(backend).render(spec, Path(k8s_schemas) if k8s_schemas is not None else None)
-    note = batch_note(spec)
-    return replace(plan, notes=(*plan.notes, note)) if note else plan
+    notes = [note for note in (batch_note(spec), gpu_note(spec)) if note]
+    return replace(plan, notes=(*plan.notes, *notes)) if notes else plan
+
+
+def gpu_note(spec: JobSpec) -> str | None:
+    """What the spec's GPU type decides (stjobs.gpus), said before the job queues: the built-in training's
+    precision and the CUDA build of torch its image gets. An explicit --precision the GPU cannot do is refused."""
+    if not spec.gpus_per_node:
+        return None
+    capability = gpus.capability_of(spec.gpu_type)
+    build = gpus.build_for(capability)
+    if capability is None:
+        known = f"gpu_type {spec.gpu_type} is not in stjobs' table" if spec.gpu_type else "no gpu_type"
+        return (f"gpu: {known}: precision follows the device at run time (bf16 from compute capability 8.0, fp16 "
+                f"below); the default image is torch's CUDA {build.cuda} build (Turing to Blackwell; a V100 needs "
+                "gpu_type: v100)")
+    said = f"gpu: {spec.gpu_type} is {gpus.describe(capability)}"
+    if spec.entrypoint.module == "stjobs.train":
+        requested = precision_option(spec.entrypoint.args)
+        try:
+            precision = gpus.resolve_precision(requested, capability)
+        except ValueError:
+            raise SpecError("entrypoint.args", f"--precision {requested}", f"fp16, fp32 or auto for gpu_type "
+                            f"{spec.gpu_type} ({gpus.describe(capability)}): bf16 is native from compute "
+                            "capability 8.0, emulated and slow below it") from None
+        said += f": training in {precision}" + (" (bf16 needs compute capability 8.0)" if precision == "fp16"
+                                                 and requested == "auto" else "")
+    return f"{said}; image torch build CUDA {build.cuda}"
+
+
+def precision_option(args: tuple[str, ...]) -> str:
+    """The built-in training's --precision among the entrypoint's arguments (the last one wins, as argparse)."""
+    found = "auto"
+    for index, arg in enumerate(args):
+        if arg == "--precision" and index + 1 < len(args):
+            found = args[index + 1]
+        elif arg.startswith("--precision="):
+            found = arg.split("=", 1)[1]
+    return found
 
 
 def batch_note(spec: JobSpec) -> str | None:

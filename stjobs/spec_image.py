@@ -23,7 +23,6 @@ APT_PACKAGE = r"[a-z0-9][a-z0-9.+-]*(=[A-Za-z0-9.+:~_-]+)?"
 TORCH_VERSION = "2.13.0"
 DEFAULT_PACKAGES = (f"stjobs=={__version__}", "sentence-transformers==6.2.0", "transformers==5.24.0",
                     "accelerate==1.15.0", "datasets==5.2.0")
-GPU_BASE = "pytorch/pytorch:2.13.0-cuda13.0-cudnn9-runtime"  # the base Kubeflow's torch-distributed runtime uses
 IMAGE_WORKDIR = "/workspace"  # where the code is (copied or mounted); the k8s pods and SLURM containers start here
 CPU_BASE = "python:3.11-slim-bookworm"
 
@@ -44,7 +43,8 @@ class BuildOptions:
     variant: Variant = spec_field(Choice(Variant), Variant.auto)
     base: str | None = spec_field(Nullable(Text("a base image reference, e.g. nvcr.io/nvidia/pytorch:25.01-py3",
                                                 IMAGE_REF, 512)), None,
-                                  doc=f"default: {GPU_BASE} (gpu) or {CPU_BASE} (cpu)")
+                                  doc="default: for gpu the pytorch/pytorch runtime image of build.torch whose CUDA "
+                                      f"build has kernels for gpu_type (stjobs.gpus); for cpu {CPU_BASE}")
     base_digest: str | None = spec_field(Nullable(Text("a digest sha256:<64 hex digits>", DIGEST, 71)), None)
     torch: str = spec_field(Text("an exact torch version, e.g. 2.13.0", r"[0-9]+\.[0-9]+\.[0-9]+", 32),
                             TORCH_VERSION)

@@ -44,6 +44,7 @@ _IMAGE_VARIABLES = {
     "uid": "the numeric non-root user", "copy_code": "whether the code is copied in (`build.code: copy`)",
     "build_command": "the build command, for the header", "pip": "the pip to install with",
     "python": "the Python to run", "sif": "the Apptainer image path",
+    "arch_check": "Python that fails the build when torch lacks kernels for the GPU (gpu variant; else empty)",
 }
 TEMPLATES: dict[str, TemplateDoc] = {
     "node_launch.sh.j2": TemplateDoc("`launch.sh`: starts the launcher on one node (every backend but k8s)", {

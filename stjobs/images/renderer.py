@@ -9,14 +9,15 @@ building, is in build.py.
 from __future__ import annotations
 
 import dataclasses
+import json
 import shlex
 from typing import Any
 
-from stjobs import __version__
+from stjobs import __version__, gpus
 from stjobs.errors import SpecError
 from stjobs.plan import Plan, RenderedFile
 from stjobs.spec import JobSpec
-from stjobs.spec_image import CPU_BASE, GPU_BASE, IMAGE_WORKDIR, CodeMode, Variant
+from stjobs.spec_image import CPU_BASE, IMAGE_WORKDIR, CodeMode, Variant
 from stjobs.templating import docker_quote, render_file
 
 CACHE_ROOT = "/cache"
@@ -60,8 +61,40 @@ def variant_of(spec: JobSpec) -> Variant:
 
 
 def base_image(spec: JobSpec, variant: Variant) -> str:
-    base = spec.build.base or (GPU_BASE if variant is Variant.gpu else CPU_BASE)
+    """The spec's base, or the one for the variant: for GPUs, the PyTorch image whose CUDA build has kernels for
+    the spec's gpu_type (stjobs.gpus). An explicit base whose tag names a CUDA that cannot serve it is refused."""
+    capability = gpus.capability_of(spec.gpu_type)
+    if spec.build.base is None:
+        base = (gpus.base_image(spec.build.torch, gpus.build_for(capability)) if variant is Variant.gpu
+                else CPU_BASE)
+    else:
+        base = spec.build.base
+        cuda = gpus.cuda_of_base(base) if variant is Variant.gpu else None
+        build = gpus.build_of_cuda(cuda) if cuda else None
+        if capability is not None and cuda is not None and (build is None or not build.serves(capability)):
+            fit = gpus.build_for(capability)
+            raise SpecError("build.base", base, f"a base with kernels for gpu_type {spec.gpu_type} "
+                            f"({gpus.describe(capability)}), which CUDA {cuda} builds of torch lack: e.g. "
+                            f"{gpus.base_image(spec.build.torch, fit)}, or leave build.base unset")
     return f"{base}@{spec.build.base_digest}" if spec.build.base_digest else base
+
+
+def arch_check(spec: JobSpec) -> str:
+    """A build step's Python that fails the image build when the installed torch has no kernels for the GPU.
+
+    torch.cuda.get_arch_list() is empty without a visible GPU (an image build has none); the compiled-in arch
+    flags it reads are there regardless."""
+    capability = gpus.capability_of(spec.gpu_type)
+    wanted = list(gpus.arch_flags_serving(capability)) if capability else []
+    need = f"{spec.gpu_type} ({gpus.describe(capability)})" if capability else "a GPU"
+    return ("import sys, torch; "
+            "have = torch._C._cuda_getArchFlags().split() if torch.version.cuda else []; "
+            f"want = {json.dumps(wanted)}; "
+            "ok = bool(set(have) & set(want)) if want else bool(have); "
+            'sys.exit(0 if ok else "stjobs: torch " + torch.__version__ + " has kernels for " + '
+            f'(" ".join(have) or "no GPU at all") + ", none for {need}: choose a base whose CUDA build has them '
+            '(README: GPUs)")')
+
 
 
 def dockerfile_name(variant: Variant) -> str:
@@ -123,7 +156,7 @@ def _context(spec: JobSpec, variant: Variant) -> dict[str, Any]:
         "uid": spec.build.uid, "copy_code": spec.build.code is CodeMode.copy,
         "build_command": shlex.join(build_command(spec, variant)),
         "pip": f"{VENV}/bin/pip" if venv else "pip", "python": f"{VENV}/bin/python" if venv else "python",
-        "sif": sif_path(spec),
+        "sif": sif_path(spec), "arch_check": arch_check(spec) if variant is Variant.gpu else "",
     }
 
 

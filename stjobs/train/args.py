@@ -81,7 +81,7 @@ class TrainConfig:
     gather_across_devices: bool = True  # only has an effect with more than one process
     dataloader_workers: int | None = None  # None: 2 per process on GPUs, 0 on CPUs (every core runs a rank)
     group_by_length: bool = True
-    precision: str = "auto"  # auto: bf16 on GPUs that support it, else fp32
+    precision: str = "auto"  # auto: bf16 from compute capability 8.0, fp16 on older GPUs, fp32 on CPU
     find_unused_parameters: bool = False
     fsdp_layer_class: str | None = None  # None: from the model's config.json (see models.fsdp_layer_class)
     guide_model: str | None = None  # the guide of GISTEmbedLoss / CachedGISTEmbedLoss
@@ -206,7 +206,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--group-by-length", action=argparse.BooleanOptionalAction, default=True,
                    help="batch texts of similar length together (less padding)")
     p.add_argument("--precision", choices=PRECISIONS, default="auto",
-                   help="auto: bf16 on GPUs that support it, fp32 otherwise")
+                   help="auto: bf16 on GPUs of compute capability 8.0 and up, fp16 on older ones, fp32 on CPU")
     p.add_argument("--find-unused-parameters", action="store_true",
                    help="DDP: for models with parameters that get no gradient in a step (slower)")
     p.add_argument("--fsdp-layer-class", default=None,

@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from stjobs.gpus import resolve_precision
 from stjobs.train import events
 from stjobs.train.args import DEFAULT_PER_DEVICE_BATCH_SIZE, TrainConfig, TrainConfigError
 from stjobs.train.checkpoints import newest_checkpoint
@@ -49,11 +50,12 @@ def training_args(config: TrainConfig, source: str, model: Any, world: int, in_b
         # pass over the graph per step. On only when the model has parameters that get no gradient and torch
         # cannot leave them out of DDP (see run.train), or when asked for with --find-unused-parameters.
         parallel = {"ddp_find_unused_parameters": config.find_unused_parameters}
-    precision = config.precision
-    if precision == "auto":
-        precision = "bf16" if on_gpu and torch.cuda.is_bf16_supported() else "fp32"
-    if precision != "fp32" and not on_gpu:
-        raise TrainConfigError(f"--precision: got {precision} without a GPU; expected fp32 or auto on CPUs")
+    # Not torch.cuda.is_bf16_supported(): it answers True on V100 and T4, where bf16 is emulated (stjobs.gpus).
+    capability = tuple(torch.cuda.get_device_capability()) if on_gpu else None
+    try:
+        precision = resolve_precision(config.precision, capability)  # type: ignore[arg-type]
+    except ValueError as error:
+        raise TrainConfigError(f"--precision: {error}") from None
     workers = config.dataloader_workers if config.dataloader_workers is not None else (2 if on_gpu else 0)
     if config.group_by_length:
         sampler: Any = UniqueTextBatchSampler if in_batch_negatives else LengthGroupedBatchSampler
@@ -147,8 +149,9 @@ def fit(config: TrainConfig, source: str, model: Any, train_table: Any, loss: An
             wrapper = type(self.trainer.model_wrapped).__name__
             ran = strategy_that_ran(str(distributed_type), wrapper)
             as_requested = ran == expected_strategy(config.strategy, world)
+            precision = "bf16" if args.bf16 else "fp16" if args.fp16 else "fp32"
             events.emit("wrapped", rank=rank, distributed_type=str(distributed_type), model_wrapper=wrapper,
-                        requested=config.strategy, ran=ran, as_requested=as_requested)
+                        requested=config.strategy, ran=ran, as_requested=as_requested, precision=precision)
             if not as_requested and rank == 0:
                 # accelerate turns an FSDP request into plain DDP on CPU-only machines without saying so, and
                 # DataParallel with fewer than two GPUs is one plain process.
