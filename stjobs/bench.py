@@ -142,10 +142,28 @@ def _rows(options: BenchOptions, gpus: int, cpus: int) -> list[tuple[str, str, s
     return rows
 
 
+def row_spec(options: BenchOptions, key: str, strategy: str, shape: dict[str, Any], data: str, out: Path) -> Any:
+    """The local job of one row. Its GPUs are exactly ``gpus_per_node`` (the local backend sets
+    CUDA_VISIBLE_DEVICES), so "no parallelism" trains on one GPU even on a machine with several."""
+    from stjobs.config import validate_spec
+
+    args = ["--model", options.model, "--train-data", data, "--max-steps", str(options.steps),
+            "--per-device-batch-size", str(options.per_device_batch_size),
+            "--max-seq-length", str(options.max_seq_length), "--logging-steps", "5",
+            "--throughput-skip-steps", str(options.skip_steps), "--seed", str(options.seed), "--no-resume",
+            *shape["extra"]]
+    return validate_spec({
+        "name": f"bench-{key}", "strategy": strategy, "procs_per_node": shape["procs_per_node"],
+        "cpus_per_task": shape["cpus_per_task"], "gpus_per_node": shape.get("gpus_per_node", 0),
+        "output_dir": str(out / "runs" / key),
+        "env": {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"},
+        "entrypoint": {"module": "stjobs.train", "args": args},
+    })
+
+
 def run_bench(options: BenchOptions) -> BenchReport:
     """Run every row that can run here, one after the other, and write bench.json and bench.png."""
     from stjobs import api
-    from stjobs.config import validate_spec
     from stjobs.launch import build_launch, shell_line
     from stjobs.train.events import first, parse_events
 
@@ -160,22 +178,15 @@ def run_bench(options: BenchOptions) -> BenchReport:
         if missing:
             rows.append(BenchRow(key, label, strategy, note=missing))
             continue
-        args = ["--model", options.model, "--train-data", data, "--max-steps", str(options.steps),
-                "--per-device-batch-size", str(options.per_device_batch_size),
-                "--max-seq-length", str(options.max_seq_length), "--logging-steps", "5",
-                "--throughput-skip-steps", str(options.skip_steps), "--seed", str(options.seed), "--no-resume",
-                *shape["extra"]]
-        spec = validate_spec({
-            "name": f"bench-{key}", "strategy": strategy, "procs_per_node": shape["procs_per_node"],
-            "cpus_per_task": shape["cpus_per_task"], "gpus_per_node": shape.get("gpus_per_node", 0),
-            "output_dir": str(out / "runs" / key),
-            "env": {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"},
-            "entrypoint": {"module": "stjobs.train", "args": args},
-        })
+        spec = row_spec(options, key, strategy, shape, data, out)
         record = api.submit(spec, "local")
         final = api.wait(record.job_id)
         events = parse_events("".join(api.logs(record.job_id)))
         command = shell_line(build_launch(spec).argv)
+        visible = record.details.get("cuda_visible_devices")
+        if spec.gpus_per_node and isinstance(visible, list) and visible:
+            # The GPUs the row really had, as the docs write it: CUDA_VISIBLE_DEVICES=0 python train_script.py
+            command = f"CUDA_VISIBLE_DEVICES={visible[0]} {command}"
         throughput = first(events, "throughput", rank=0)
         if final.state.value != "COMPLETED" or throughput is None:
             raise StjobsError(f"bench row {key}: job {record.job_id} ended {final.state.value} "

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from stjobs.bench import BenchOptions, BenchRow, _rows, _with_speedups, variable_length_pairs
+from stjobs.backends.local.gpus import assign_gpus
+from stjobs.bench import BenchOptions, BenchRow, _rows, _with_speedups, row_spec, variable_length_pairs
 
 
 def keys_that_run(gpus: int, cpus: int) -> list[str]:
@@ -27,6 +28,17 @@ def test_cpu_rows_give_each_rank_one_thread() -> None:
     assert (shapes["single-all"]["procs_per_node"], shapes["single-all"]["cpus_per_task"]) == (1, 2)
     assert (shapes["ddp"]["procs_per_node"], shapes["ddp"]["cpus_per_task"]) == (2, 2)
     assert "--no-group-by-length" in shapes["ddp"]["extra"] and shapes["stjobs"]["extra"] == []
+
+
+def test_gpu_rows_see_the_gpus_of_the_docs_table(tmp_path: Path) -> None:
+    """On a 4-GPU machine: "no parallelism" is one GPU (the docs' CUDA_VISIBLE_DEVICES=0 python train_script.py),
+    DataParallel's one process and DDP's four see all four."""
+    seen = {}
+    for key, _label, strategy, shape, _missing in _rows(BenchOptions(), 4, 16):
+        spec = row_spec(BenchOptions(), key, strategy, shape, "train.jsonl", tmp_path)
+        seen[key] = assign_gpus(spec.gpus_per_node, spec.nodes, spec.strategy.value, None, 4)
+    assert seen == {"single-1": ["0"], "dp": ["0,1,2,3"], "ddp": ["0,1,2,3"], "fsdp": ["0,1,2,3"],
+                    "stjobs": ["0,1,2,3"]}
 
 
 def test_speedups_and_checks() -> None:

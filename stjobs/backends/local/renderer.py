@@ -21,6 +21,11 @@ def render(spec: JobSpec, k8s_schemas: Path | None = None) -> Plan:
     if spec.nodes > 1:
         notes.append(f"{spec.nodes} torchrun agents on this machine meet at 127.0.0.1; `stjobs submit` sets "
                      "STJOBS_RDZV_HOST, STJOBS_RDZV_PORT, STJOBS_RDZV_ID (and STJOBS_NODE_RANK) for each")
+    if spec.gpus_per_node:
+        # Said here, decided at submit: rendering never looks at this machine's GPUs (backends.local.gpus).
+        notes.append(f"each node sees exactly {spec.gpus_per_node} GPU(s): `stjobs submit` sets CUDA_VISIBLE_DEVICES "
+                     "to its own slice of the submitting shell's CUDA_VISIBLE_DEVICES (else of the GPUs "
+                     "nvidia-smi -L lists), and refuses a job this machine cannot give them to")
     return Plan(backend=NAME, job_name=spec.name, files=files, command=("bash", NODE_SCRIPT), launch=launch,
                 spec=spec, notes=tuple(notes))
 

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from stjobs.backends.common import check_secrets
 from stjobs.backends.local.checks import check_local
+from stjobs.backends.local.gpus import job_gpus
 from stjobs.backends.local.jobdir import PID_FILE, SUPERVISOR_LOG, private_file
 from stjobs.backends.local.renderer import NAME
 from stjobs.errors import SubmitError
@@ -27,12 +28,14 @@ def check(plan: Plan, cwd: str | Path | None = None) -> None:
     """What must hold on this machine before anything is written: the job takes this environment and runs here."""
     check_secrets(plan.spec)
     check_local(plan.spec, plan.launch.python_modules if plan.launch else (), cwd)
+    job_gpus(plan.spec)  # refuses a job that asks for more GPUs than this machine (or this shell) has
     plan_snapshot(plan.spec, Path(cwd or os.getcwd()) / plan.spec.workdir_path)
 
 
 def submit(plan: Plan, cwd: str | Path | None = None) -> JobRecord:
     """Write the plan into a new job directory and start its supervisor in a session of its own."""
     spec = plan.spec
+    gpus = job_gpus(spec)  # before anything is written: a job that cannot get its GPUs leaves nothing behind
     job_id = new_job_id(plan.job_name)
     job_dir = jobs_root() / job_id
     write_plan(plan, job_dir, dir_mode=0o700)  # the job's scripts and logs are the owner's alone
@@ -48,6 +51,7 @@ def submit(plan: Plan, cwd: str | Path | None = None) -> JobRecord:
         "cwd": str(workdir),
         "snapshot": snapshot_details(snapshot),
         "python": spec.python or sys.executable,
+        "cuda_visible_devices": gpus,  # per node; the supervisor sets it in each node's environment
     }
     if spec.nodes > 1:
         details["rdzv_port"] = spec.rendezvous.port or free_port(spec.rendezvous.port_range, job_id)

@@ -18,6 +18,7 @@ from types import FrameType
 
 from stjobs.backends.common import NODE_SCRIPT
 from stjobs.backends.joblog import first_error, read_tail
+from stjobs.backends.local.gpus import VARIABLE as VISIBLE_GPUS
 from stjobs.backends.local.jobdir import OUTPUT_LOG, STATUS_FILE, private_file
 from stjobs.jobs import State, load_record_at, write_json
 
@@ -39,6 +40,11 @@ def node_env(job_dir: Path, job_id: str, node: int, nodes: int, details: dict[st
             "STJOBS_RDZV_ID": job_id,
             "STJOBS_NODE_RANK": str(node),
         })
+    gpus = details.get("cuda_visible_devices")
+    if isinstance(gpus, list) and node < len(gpus):
+        # The node's own GPUs, chosen at submit (stjobs.backends.local.gpus): without it every rank saw every
+        # GPU of the machine. Records from before this have no entry and keep the submitter's environment.
+        env[VISIBLE_GPUS] = str(gpus[node])
     return env
 
 
