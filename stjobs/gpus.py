@@ -156,3 +156,19 @@ def resolve_precision(requested: str, capability: Capability | None) -> str:
         raise ValueError(f"got bf16 on a {describe(capability)} GPU; expected fp16, fp32 or auto there (bf16 is "
                          "native from compute capability 8.0, emulated and slow below it)")
     return requested
+
+
+def table() -> str:
+    """The README's GPU table, made from the table above (tests/test_gpus.py checks the README holds it)."""
+    lines = ["| gpu_type | architecture | torch CUDA build | precision (auto) |", "| --- | --- | --- | --- |"]
+    by_capability: dict[Capability, list[str]] = {}
+    for model, capability in CAPABILITIES.items():
+        by_capability.setdefault(capability, []).append(f"`{model}`")
+    for capability, models in sorted(by_capability.items()):
+        lines.append(f"| {' '.join(models)} | {describe(capability)} | {build_for(capability).cuda} | "
+                     f"{precision_for(capability)} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    print(table())

@@ -198,3 +198,8 @@ def test_bf16_on_a_v100_is_refused_at_render(tmp_path: Path) -> None:
     assert str(caught.value).startswith("entrypoint.args: got '--precision bf16'; expected fp16, fp32 or auto for "
                                         "gpu_type v100 (Volta 7.0)")
     assert not (tmp_path / "out").exists()
+
+
+def test_the_readme_holds_the_gpu_table() -> None:
+    """The README's table is the one made from the code (python -m stjobs.gpus prints it)."""
+    assert gpus.table() in (Path(__file__).resolve().parent.parent / "README.md").read_text()
