@@ -60,24 +60,14 @@ def build_mpnet(texts: list[str], out: Path, dry: bool) -> Path:
     import torch
     from sentence_transformers import SentenceTransformer
     from sentence_transformers.sentence_transformer.modules import Pooling, Transformer
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
-    from transformers import MPNetConfig, MPNetModel, PreTrainedTokenizerFast
+    from transformers import MPNetConfig, MPNetModel
 
-    from stjobs.train.models import tiny_vocab
+    from stjobs.train.models import tiny_vocab, wordpiece_tokenizer
 
     vocab = tiny_vocab(texts, size=4000)
     for index in range(len(vocab), MPNET_VOCAB):
         vocab[f"[unused{index}]"] = index
-    tokenizer = Tokenizer(models.WordPiece(vocab, unk_token="[UNK]", max_input_chars_per_word=100))
-    tokenizer.normalizer = normalizers.BertNormalizer(lowercase=True)
-    tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    tokenizer.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
-        special_tokens=[("[CLS]", vocab["[CLS]"]), ("[SEP]", vocab["[SEP]"])])
-    tokenizer.decoder = decoders.WordPiece()
-    fast = PreTrainedTokenizerFast(  # type: ignore[no-untyped-call]
-        tokenizer_object=tokenizer, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]", sep_token="[SEP]",
-        mask_token="[MASK]", model_max_length=512)
+    fast = wordpiece_tokenizer(vocab, 512)
     # Else MPNetConfig's defaults, which are mpnet-base's.
     shape: dict[str, Any] = ({"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2,
                               "intermediate_size": 128} if dry else {})

@@ -107,17 +107,11 @@ def tiny_vocab(texts: Iterable[str], size: int = TINY_VOCAB_SIZE) -> dict[str, i
     return {token: index for index, token in enumerate(tokens)}
 
 
-def build_tiny_model(texts: list[str], out_dir: Path, seed: int) -> Path:
-    """Save a tiny BERT SentenceTransformer (mean pooling) to ``out_dir``; same texts and seed, same model."""
-    import torch
-    from sentence_transformers import SentenceTransformer
-    from sentence_transformers.sentence_transformer.modules import Pooling, Transformer
+def wordpiece_tokenizer(vocab: dict[str, int], max_length: int) -> Any:
+    """A BERT-style fast tokenizer over ``vocab`` (lowercasing WordPiece, [CLS] A [SEP] B [SEP])."""
     from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
-    from transformers import BertConfig, BertModel, PreTrainedTokenizerFast
+    from transformers import PreTrainedTokenizerFast
 
-    if not texts:
-        raise TrainConfigError("--model: got tiny-bert with no training texts; expected non-empty training data")
-    vocab = tiny_vocab(texts)
     tokenizer = Tokenizer(models.WordPiece(vocab, unk_token="[UNK]", max_input_chars_per_word=100))
     tokenizer.normalizer = normalizers.BertNormalizer(lowercase=True)
     tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
@@ -126,10 +120,23 @@ def build_tiny_model(texts: list[str], out_dir: Path, seed: int) -> Path:
         special_tokens=[("[CLS]", vocab["[CLS]"]), ("[SEP]", vocab["[SEP]"])],
     )
     tokenizer.decoder = decoders.WordPiece()
-    fast = PreTrainedTokenizerFast(  # type: ignore[no-untyped-call]  # transformers leaves __init__ unannotated
+    return PreTrainedTokenizerFast(  # type: ignore[no-untyped-call]  # transformers leaves __init__ unannotated
         tokenizer_object=tokenizer, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]", sep_token="[SEP]",
-        mask_token="[MASK]", model_max_length=TINY_MAX_LENGTH,
+        mask_token="[MASK]", model_max_length=max_length,
     )
+
+
+def build_tiny_model(texts: list[str], out_dir: Path, seed: int) -> Path:
+    """Save a tiny BERT SentenceTransformer (mean pooling) to ``out_dir``; same texts and seed, same model."""
+    import torch
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.sentence_transformer.modules import Pooling, Transformer
+    from transformers import BertConfig, BertModel
+
+    if not texts:
+        raise TrainConfigError("--model: got tiny-bert with no training texts; expected non-empty training data")
+    vocab = tiny_vocab(texts)
+    fast = wordpiece_tokenizer(vocab, TINY_MAX_LENGTH)
     config = BertConfig(
         vocab_size=len(vocab), hidden_size=64, num_hidden_layers=2, num_attention_heads=2, intermediate_size=128,
         max_position_embeddings=TINY_MAX_LENGTH, pad_token_id=vocab["[PAD]"],
