@@ -11,8 +11,9 @@ and ``entrypoint.resumable: true`` in the spec. When the scheduler warns of the 
 once: the batch file (or submitit's task) then requeues the job, and the next run resumes from that checkpoint.
 A script without the callback is not requeued by default: it would die mid-step and start again from step 0.
 
-The ranks agree on the signal at each step end (it may reach them at different steps), so none stops alone and
-leaves the others waiting in an all-reduce. transformers and torch are imported when the callback is made.
+The ranks agree on the signal (it may reach them at different steps), so none stops alone and leaves the others
+waiting in an all-reduce: the vote started at one step end is read at the next, so it never holds up a step, and
+every rank stops at that same later step. transformers and torch are imported when the callback is made.
 """
 
 from __future__ import annotations

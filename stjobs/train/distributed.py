@@ -5,14 +5,16 @@ read torchrun's environment, join the group, catch the scheduler's stop request,
 libraries really trained the way STJOBS_STRATEGY asked. Importing it needs only the standard library (torch and
 accelerate are imported inside :func:`join`), so the options can still fail fast before the ML stack loads.
 
-Preemption: SIGUSR2 or SIGTERM only sets a flag. At the next step end all ranks agree on the flag (a signal may reach
-only some of them), save a checkpoint under ``checkpoints/`` and stop; each process then emits ``preempted`` and exits
-0 without writing ``final``, and the next run with the same output dir resumes from that checkpoint. Repeats of the
-request are ignored: under SLURM one USR2 reaches a rank twice (from slurmstepd, which signals every process of the
-step, and again from torchrun forwarding it), and dying on the second copy lost the checkpoint. A sender that wants
-the process gone sooner escalates with SIGKILL (torchrun's shutdown grace, SLURM's KillWait). Delivery: the launch
-plan passes SIGUSR2 in torchrun's ``--signals-to-handle``, so torchrun forwards it to its workers instead of dying and
-orphaning them. The step-end check lives in the training callback (:mod:`stjobs.train.trainer`).
+Preemption: SIGUSR2 or SIGTERM only sets a flag. At each step end all ranks start a vote on the flag (a signal may
+reach only some of them) and read the previous step's vote, so none waits for a collective (see :func:`agreed`);
+when the vote says stop, all save a checkpoint under ``checkpoints/`` and stop at the same step; each process then
+emits ``preempted`` and exits 0 without writing ``final``, and the next run with the same output dir resumes from
+that checkpoint. Repeats of the request are ignored: under SLURM one USR2 reaches a rank twice (from slurmstepd,
+which signals every process of the step, and again from torchrun forwarding it), and dying on the second copy lost
+the checkpoint. A sender that wants the process gone sooner escalates with SIGKILL (torchrun's shutdown grace,
+SLURM's KillWait). Delivery: the launch plan passes SIGUSR2 in torchrun's ``--signals-to-handle``, so torchrun
+forwards it to its workers instead of dying and orphaning them. The step-end check lives in the training callback
+(:mod:`stjobs.train.trainer`).
 """
 
 from __future__ import annotations
@@ -32,12 +34,14 @@ DISTRIBUTED_VARS = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "GRO
 
 
 class Preemption:
-    """Remembers that the scheduler asked us to stop; the training callback acts on it at a step boundary."""
+    """Remembers that the scheduler asked us to stop; the training callback acts on it at a step boundary. It also
+    holds the ranks' vote on it that is still in flight (see :func:`agreed`)."""
 
     SIGNALS = (signal.SIGUSR2, signal.SIGTERM)
 
     def __init__(self) -> None:
         self.signum: int | None = None
+        self.vote: _Vote | None = None  # the ranks' vote on the flag still in flight (see agreed)
 
     def install(self) -> None:
         for sig in self.SIGNALS:
@@ -49,15 +53,60 @@ class Preemption:
 
 
 def agreed(preemption: Preemption, device: Any) -> bool:
-    """Whether any rank has been asked to stop, agreed at a step end: a signal may reach only some ranks, and
-    one that stopped alone would leave the others waiting in an all-reduce. One tiny all-reduce per step."""
-    import torch
+    """Whether the ranks agreed to stop, called at every step end by every rank.
+
+    A signal may reach only some ranks (or at different steps), and one that stopped alone would leave the others
+    waiting in an all-reduce, so the ranks vote: a MAX all-reduce of the flag. Waiting for that vote at each step
+    end would be a blocking collective and a host sync every step (the docs' script has neither), so the vote
+    started at step end N is only read at step end N+1: every rank reads it at the same step, so all stop at
+    step N+1 (one step later than a blocking vote). A world of one needs no vote and stops at once."""
     import torch.distributed as dist
 
-    flagged = torch.tensor([1 if preemption.signum is not None else 0], device=device)
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        dist.all_reduce(flagged, op=dist.ReduceOp.MAX)
-    return bool(flagged.item())
+    flagged = preemption.signum is not None
+    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+        return flagged
+    if preemption.vote is None:
+        preemption.vote = _Vote(device)
+    return preemption.vote.step(flagged)
+
+
+class _Vote:
+    """One all-reduce of the stop flag in flight at a time, read one step after it started.
+
+    On CPUs (gloo) the all-reduce runs in gloo's thread during the next step, so waiting for it then costs
+    nothing. On GPUs (NCCL) its result is copied to pinned host memory behind an event; waiting for the event at
+    step N+1 waits for the GPU to finish step N, which it has (or nearly) while the host queued step N+1.
+    The buffers are made once: a new device tensor from a Python int is itself a copy that waits for the stream.
+    """
+
+    def __init__(self, device: Any) -> None:
+        import torch
+
+        self.flag = torch.zeros(1, dtype=torch.int32, device=device)
+        self.on_gpu = self.flag.device.type == "cuda"
+        # Where the result is read: the flag itself on CPUs, a pinned copy on GPUs (read without a stream sync).
+        self.host = torch.zeros(1, dtype=torch.int32, pin_memory=True) if self.on_gpu else self.flag
+        self.copied: Any = torch.cuda.Event() if self.on_gpu else None  # type: ignore[no-untyped-call]
+        self.work: Any = None
+
+    def step(self, flagged: bool) -> bool:
+        import torch.distributed as dist
+
+        if self.work is not None:
+            if self.on_gpu:
+                self.copied.synchronize()  # the copy was queued after the all-reduce
+            else:
+                self.work.wait()  # gloo ran it during the step: long done
+            self.work = None
+            if int(self.host.item()):
+                return True
+        self.flag.fill_(1 if flagged else 0)
+        self.work = dist.all_reduce(self.flag, op=dist.ReduceOp.MAX, async_op=True)
+        if self.on_gpu:
+            self.work.wait()  # NCCL: orders this stream after the all-reduce; the host does not wait
+            self.host.copy_(self.flag, non_blocking=True)
+            self.copied.record()
+        return False
 
 
 def strategy_that_ran(distributed_type: str, wrapper: str) -> str:
