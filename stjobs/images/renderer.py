@@ -146,7 +146,8 @@ def _context(spec: JobSpec, variant: Variant) -> dict[str, Any]:
                   else "CPU wheels from the PyTorch index; PyPI's are CUDA builds")
     return {
         "name": spec.name, "variant": variant.value, "base_image": base_image(spec, variant),
-        "labels": _labels(spec), "env": sorted(env.items()),
+        # A SIF is read-only: apptainer.def sets its own HF_HOME, on a bound path.
+        "labels": _labels(spec), "env": sorted(item for item in env.items() if item[0] != "HF_HOME"),
         # One instruction, one line per item: Python lays these out so the template stays a plain shape.
         "label_block": " \\\n      ".join(f"{key}={docker_quote(value)}" for key, value in _labels(spec)),
         "env_block": " \\\n    ".join(f"{key}={value}" for key, value in docker_env),
