@@ -14,7 +14,7 @@ from enum import Enum
 from typing import Any
 
 from stjobs.errors import SpecError
-from stjobs.fields import Boolean, Choice, Integer, Nullable, Number, Parser, Text, Words, spec_field
+from stjobs.fields import Boolean, Choice, Integer, Nullable, Number, Parser, Text, Words, spec_field, writable
 
 # Kubernetes' name syntaxes, shared with the manifest checks (backends/k8s/checks.py).
 DNS_LABEL = r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?"
@@ -134,6 +134,31 @@ class Affinity(Parser[dict[str, Any]]):
                 "additionalProperties": False}
 
 
+class Annotations(Parser[dict[str, str]]):
+    """Pod annotations: Kubernetes annotation keys (label-key syntax) to any string."""
+
+    expected = 'a mapping of annotation keys to strings, e.g. {sidecar.istio.io/inject: "false"}'
+
+    def parse(self, value: Any, field: str) -> dict[str, str]:
+        if not isinstance(value, Mapping):
+            raise self.fail(field, value)
+        out: dict[str, str] = {}
+        for key, item in value.items():
+            if not isinstance(key, str) or not re.fullmatch(LABEL_KEY, key) or len(key.rpartition("/")[0]) > 253:
+                raise SpecError(f"{field}.{key}", key, "an annotation key: [prefix/]name of letters, digits, '-_.'")
+            if not isinstance(item, str):  # YAML's false or 1 would arrive as a bool or int: quote it
+                raise SpecError(f"{field}.{key}", item, 'a string (quote it: "false", "1")')
+            out[key] = writable(item, f"{field}.{key}")
+        return out
+
+    def schema(self) -> dict[str, Any]:
+        return {"type": "object", "additionalProperties": {"type": "string"}}
+
+
+# Labels stjobs sets on every pod (backends/k8s/manifest.py): `stjobs status` finds its pods by them.
+RESERVED_LABELS = ("app.kubernetes.io/name", "app.kubernetes.io/managed-by")
+
+
 def _name(expected: str, pattern: str = DNS_SUBDOMAIN, max_length: int = 253) -> Text:
     return Text(expected, pattern, max_length)
 
@@ -172,6 +197,21 @@ class K8sOptions:
                                  None)
     pvc_mount_path: str = spec_field(Text("an absolute path in the container", ABSOLUTE_PATH, 1000),
                                      "/mnt/stjobs")
+    cache_pvc: str | None = spec_field(
+        Nullable(_name("a PersistentVolumeClaim name for the Hugging Face cache (HF_HOME), kept across jobs")), None,
+        doc="a cache volume of its own; default: the cache lives on k8s.pvc, else on the pod's ephemeral storage")
+    cache_gb: float | None = spec_field(
+        Nullable(Number(0, 65536, "the ephemeral storage in GB a pod requests for its Hugging Face cache when no "
+                                  "PVC holds it, or null for no request")), 20,
+        doc="without k8s.pvc or k8s.cache_pvc the cache is an emptyDir: it survives container restarts, not pods")
+    grace_s: int | None = spec_field(
+        Nullable(Integer(1, 86400, "seconds a pod has between SIGTERM and SIGKILL to save a checkpoint, from 1 to "
+                                   "86400, or null")), None,
+        doc="terminationGracePeriodSeconds; default: slurm.signal_lead_s for a resumable entrypoint (Kubernetes' "
+            "30 s is too short to save a model with its optimizer state), else Kubernetes' 30 s")
+    pod_labels: dict[str, str] = spec_field(Labels(), {}, doc="labels added to every pod")
+    pod_annotations: dict[str, str] = spec_field(Annotations(), {}, doc='annotations added to every pod, e.g. '
+                                                 '{sidecar.istio.io/inject: "false"}')
 
     @staticmethod
     def _resolve(values: dict[str, Any]) -> None:
@@ -180,3 +220,7 @@ class K8sOptions:
             raise SpecError("k8s.queue", None, "a Kueue LocalQueue name with k8s.scheduler: kueue")
         if values["queue"] is not None and scheduler in (Scheduler.default, Scheduler.scheduler_plugins):
             raise SpecError("k8s.queue", values["queue"], "no queue unless k8s.scheduler is volcano or kueue")
+        for key in RESERVED_LABELS:
+            if key in values["pod_labels"]:
+                raise SpecError(f"k8s.pod_labels.{key}", values["pod_labels"][key], "a label key stjobs does not "
+                                f"set itself (it sets {', '.join(RESERVED_LABELS)} on every pod)")

@@ -20,6 +20,7 @@ from tests.k8s_emulate import expand
 SCHEMAS = REPO.parent / "shared" / "k8s-schemas"
 K8S = REPO / "k8s"
 IMAGE = ("image", "ghcr.io/example/stjobs:1.0")
+K8S_EXAMPLES = sorted(path.stem for path in EXAMPLES.glob("k8s-*.yaml"))
 
 
 def manifest(name: str, *overrides: tuple[str, Any], sets: tuple[str, ...] = ()) -> dict[str, Any]:
@@ -43,7 +44,7 @@ def test_schemas_are_at_hand() -> None:
     assert (SCHEMAS / "kubeflow.org_pytorchjobs.yaml").is_file(), f"missing {SCHEMAS}"
 
 
-@pytest.mark.parametrize("name", ["k8s-pytorchjob", "k8s-gpu-elastic", "k8s-trainjob"])
+@pytest.mark.parametrize("name", K8S_EXAMPLES)
 def test_every_golden_passes_the_strict_crd_check(name: str) -> None:
     plan = stjobs.render(stjobs.load_spec(EXAMPLES / f"{name}.yaml"), "k8s", k8s_schemas=SCHEMAS)
     assert any(note.startswith("schema check: ") and "passed" in note and "(strict)" in note for note in plan.notes)
@@ -69,7 +70,8 @@ def test_pytorchjob_shape() -> None:
         assert command[:3] == ["python", "-m", "torch.distributed.run"]
         # The operator's PET_* variables carry the shape; stating it again could only disagree with them.
         assert not {"--nnodes", "--nproc-per-node", "--node-rank", "--rdzv-endpoint", "--standalone"} & set(command)
-        assert main["resources"] == {"requests": {"cpu": 2, "memory": "4Gi"}, "limits": {"memory": "4Gi"}}
+        assert main["resources"] == {"requests": {"cpu": 2, "memory": "4Gi", "ephemeral-storage": "20Gi"},
+                                     "limits": {"memory": "4Gi"}}
         assert {"name": "dshm", "mountPath": "/dev/shm"} in main["volumeMounts"]
         assert main["securityContext"] == {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}}
         assert main["workingDir"] == "/workspace"
@@ -233,7 +235,7 @@ def test_kustomize_builds_every_golden_offline() -> None:
     assert sorted(built, key=key) == sorted(goldens, key=key)
 
 
-@pytest.mark.parametrize("name", ["k8s-pytorchjob", "k8s-gpu-elastic", "k8s-trainjob"])
+@pytest.mark.parametrize("name", K8S_EXAMPLES)
 def test_pod_templates_pass_the_core_kubernetes_schema(name: str) -> None:
     """The CRDs embed PodTemplateSpec, but a second opinion from the core schemas (kubernetes-validate, strict:
     unknown fields refused) catches what a CRD generated from an older core/v1 would let through."""

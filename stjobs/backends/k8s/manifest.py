@@ -11,6 +11,7 @@ Kubernetes expands ``$(NAME)`` in command, args and env values; a user's ``$`` i
 from __future__ import annotations
 
 import math
+from enum import Enum
 from typing import Any
 
 from stjobs.launch import Arg, LaunchPlan, Ref
@@ -83,6 +84,9 @@ def env_list(spec: JobSpec, launch: LaunchPlan) -> list[dict[str, Any]]:
     values = dict(launch.env)
     values["STJOBS_OUTPUT_DIR"] = output_dir(spec)
     values["STJOBS_LOG_DIR"] = LOG_DIR
+    hf_home = cache_home(spec)
+    if hf_home is not None:
+        values["HF_HOME"] = hf_home
     env: list[dict[str, Any]] = [{"name": key, "value": k8s_text(value)} for key, value in sorted(values.items())]
     # Secrets by reference only: the value lives in a Secret object, never in this file.
     env += [{"name": key, "valueFrom": {"secretKeyRef": {"name": secret_name(spec), "key": key}}}
@@ -94,10 +98,13 @@ def resources(spec: JobSpec) -> dict[str, Any]:
     requests: dict[str, Any] = {"cpu": spec.cpus_per_task}
     limits: dict[str, Any] = {}
     if spec.mem_gb is not None:
-        memory = f"{int(spec.mem_gb)}Gi" if spec.mem_gb == int(spec.mem_gb) else f"{math.ceil(spec.mem_gb * 1024)}Mi"
-        requests["memory"] = limits["memory"] = memory
+        requests["memory"] = limits["memory"] = _quantity(spec.mem_gb)
     if spec.gpus_per_node:
         limits["nvidia.com/gpu"] = spec.gpus_per_node  # extended resources go in limits; requests follow
+    if cache_place(spec) is CachePlace.ephemeral and spec.k8s.cache_gb is not None:
+        # Reserved, not limited: the scheduler places the pod where the cache fits, and a larger download is not
+        # an eviction (a limit or an emptyDir sizeLimit would evict the pod mid-run).
+        requests["ephemeral-storage"] = _quantity(spec.k8s.cache_gb)
     # No CPU limit: CFS throttling slows data loading and collectives; the request reserves the cores.
     out: dict[str, Any] = {"requests": requests}
     if limits:
@@ -105,16 +112,69 @@ def resources(spec: JobSpec) -> dict[str, Any]:
     return out
 
 
+def _quantity(gb: float) -> str:
+    return f"{int(gb)}Gi" if gb == int(gb) else f"{math.ceil(gb * 1024)}Mi"
+
+
+class CachePlace(str, Enum):
+    """Where a pod's Hugging Face cache lives. The image's HF_HOME is a Dockerfile VOLUME, which Kubernetes does
+    not keep: without one of these every pod and every restart downloads the model and data again."""
+
+    user = "user"  # the spec's env sets HF_HOME: stjobs leaves it alone
+    cache_pvc = "cache-pvc"  # a PVC of its own (k8s.cache_pvc), mounted at CACHE_MOUNT: kept across jobs
+    pvc = "pvc"  # a directory on the job's PVC (k8s.pvc): kept across restarts and jobs on that PVC
+    ephemeral = "ephemeral"  # an emptyDir: kept across container restarts in a pod, lost with the pod
+
+
+CACHE_MOUNT = "/cache/huggingface"  # the stjobs image's HF_HOME (images/renderer.py), so its VOLUME is covered
+CACHE_VOLUME, OUTPUTS_VOLUME = "hf-cache", "outputs"
+
+
+def cache_place(spec: JobSpec) -> CachePlace:
+    if "HF_HOME" in spec.env:
+        return CachePlace.user
+    if spec.k8s.cache_pvc:
+        return CachePlace.cache_pvc
+    return CachePlace.pvc if spec.k8s.pvc else CachePlace.ephemeral
+
+
+def cache_home(spec: JobSpec) -> str | None:
+    """The HF_HOME the pods get (stated, so an image not built by stjobs uses it too); None: the spec's own."""
+    place = cache_place(spec)
+    if place is CachePlace.user:
+        return None
+    if place is CachePlace.pvc:
+        return f"{spec.k8s.pvc_mount_path.rstrip('/')}/cache/huggingface"
+    return CACHE_MOUNT
+
+
+def grace_s(spec: JobSpec) -> int | None:
+    """terminationGracePeriodSeconds: the time between SIGTERM (preemption, deletion, the deadline) and SIGKILL.
+    A resumable entrypoint saves on SIGTERM and gets the spec's signal lead for it, as SLURM gives it; None
+    leaves Kubernetes' 30 s, too short to save a 133M model with its optimizer state."""
+    if spec.k8s.grace_s is not None:
+        return spec.k8s.grace_s
+    return spec.slurm.signal_lead_s if spec.entrypoint.resumable and spec.slurm.signal_lead_s else None
+
+
 def volumes(spec: JobSpec) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """/dev/shm as memory (the 64 MiB default breaks DataLoader workers and NCCL), and the outputs PVC."""
+    """/dev/shm as memory (the 64 MiB default breaks DataLoader workers and NCCL), the outputs PVC and the
+    Hugging Face cache (cache_place)."""
     shm: dict[str, Any] = {"medium": "Memory"}
     if spec.k8s.shm_gb is not None:
         shm["sizeLimit"] = f"{math.ceil(spec.k8s.shm_gb * 1024)}Mi"
     vols: list[dict[str, Any]] = [{"name": "dshm", "emptyDir": shm}]
     mounts: list[dict[str, Any]] = [{"name": "dshm", "mountPath": "/dev/shm"}]
     if spec.k8s.pvc:
-        vols.append({"name": "outputs", "persistentVolumeClaim": {"claimName": spec.k8s.pvc}})
-        mounts.append({"name": "outputs", "mountPath": spec.k8s.pvc_mount_path})
+        vols.append({"name": OUTPUTS_VOLUME, "persistentVolumeClaim": {"claimName": spec.k8s.pvc}})
+        mounts.append({"name": OUTPUTS_VOLUME, "mountPath": spec.k8s.pvc_mount_path})
+    place = cache_place(spec)
+    if place is CachePlace.cache_pvc:
+        vols.append({"name": CACHE_VOLUME, "persistentVolumeClaim": {"claimName": spec.k8s.cache_pvc}})
+    elif place is CachePlace.ephemeral:
+        vols.append({"name": CACHE_VOLUME, "emptyDir": {}})
+    if place in (CachePlace.cache_pvc, CachePlace.ephemeral):
+        mounts.append({"name": CACHE_VOLUME, "mountPath": CACHE_MOUNT})
     return vols, mounts
 
 
@@ -160,6 +220,9 @@ def pod_spec(spec: JobSpec, launch: LaunchPlan, wait_for: str | None) -> dict[st
     if k8s.affinity:
         out["affinity"] = k8s.affinity
     out["securityContext"] = pod_security(spec)
+    grace = grace_s(spec)
+    if grace is not None:
+        out["terminationGracePeriodSeconds"] = grace
     if wait_for is not None:
         out["initContainers"] = [{
             "name": "wait-for-master", "image": spec.image, "imagePullPolicy": "IfNotPresent",
@@ -173,6 +236,14 @@ def pod_spec(spec: JobSpec, launch: LaunchPlan, wait_for: str | None) -> dict[st
     return out
 
 
+def pod_metadata(spec: JobSpec) -> dict[str, Any]:
+    """The pod template's metadata: stjobs' labels plus the spec's own, and the spec's annotations."""
+    out: dict[str, Any] = {"labels": {**labels(spec), **spec.k8s.pod_labels}}
+    if spec.k8s.pod_annotations:
+        out["annotations"] = dict(spec.k8s.pod_annotations)
+    return out
+
+
 def metadata(spec: JobSpec) -> dict[str, Any]:
     meta_labels = labels(spec)
     if spec.k8s.scheduler is Scheduler.kueue and spec.k8s.queue:
@@ -182,7 +253,7 @@ def metadata(spec: JobSpec) -> dict[str, Any]:
 
 def pytorchjob(spec: JobSpec, launch: LaunchPlan) -> dict[str, Any]:
     k8s = spec.k8s
-    template_meta = {"labels": labels(spec)}
+    template_meta = pod_metadata(spec)
 
     def replica(count: int, wait_for: str | None) -> dict[str, Any]:
         return {"replicas": count, "restartPolicy": k8s.restart_policy.value,
@@ -230,14 +301,15 @@ def trainjob(spec: JobSpec, launch: LaunchPlan) -> dict[str, Any]:
                                "resourcesPerNode": main["resources"]}
     pod = pod_spec(spec, launch, None)
     patch_pod: dict[str, Any] = {key: pod[key] for key in ("serviceAccountName", "imagePullSecrets", "nodeSelector",
-                                                           "tolerations", "affinity", "securityContext", "volumes")
+                                                           "tolerations", "affinity", "securityContext",
+                                                           "terminationGracePeriodSeconds", "volumes")
                                  if key in pod}
     patch_container = {"name": TRAINJOB_CONTAINER, "volumeMounts": main["volumeMounts"],
                        "securityContext": CONTAINER_SECURITY}
     patch_pod["containers"] = [patch_container]
     patch = {"manager": PATCH_MANAGER, "trainingRuntimeSpec": {"template": {"spec": {"replicatedJobs": [
         {"name": TRAINJOB_CONTAINER, "template": {"spec": {"template": {
-            "metadata": {"labels": labels(spec)}, "spec": patch_pod}}}}]}}}}
+            "metadata": pod_metadata(spec), "spec": patch_pod}}}}]}}}}
     job_spec: dict[str, Any] = {
         "runtimeRef": {"apiGroup": "trainer.kubeflow.org", "kind": "ClusterTrainingRuntime", "name": k8s.runtime},
         "trainer": trainer, "runtimePatches": [patch], "activeDeadlineSeconds": spec.time_min * 60}

@@ -15,6 +15,7 @@ from stjobs import yamlio
 from stjobs.backends.common import spec_file
 from stjobs.backends.k8s import manifest as k8s_manifest
 from stjobs.backends.k8s.checks import check_manifest
+from stjobs.backends.k8s.manifest import CachePlace
 from stjobs.errors import SpecError
 from stjobs.launch import build_launch
 from stjobs.plan import Plan, RenderedFile
@@ -63,8 +64,51 @@ def render(spec: JobSpec, k8s_schemas: Path | None = None) -> Plan:
     if not spec.k8s.pvc and not spec.output_dir.startswith("/"):
         notes.append(f"output_dir {spec.output_dir} is inside the container and lost with the pod; set k8s.pvc to "
                      "keep checkpoints")
+    notes += storage_notes(spec) + gang_notes(spec)
     return Plan(backend=NAME, job_name=spec.name, files=files, command=("kubectl", "apply", "-k", "."),
                 launch=launch, spec=spec, notes=tuple(notes))
+
+
+def storage_notes(spec: JobSpec) -> list[str]:
+    """Where the Hugging Face cache lives, and the access mode a PVC several pods mount needs."""
+    k8s, place = spec.k8s, k8s_manifest.cache_place(spec)
+    notes = []
+    if place is CachePlace.ephemeral:
+        request = f" ({k8s.cache_gb:g} GB of ephemeral storage requested)" if k8s.cache_gb is not None else ""
+        notes.append(f"HF cache: an emptyDir at {k8s_manifest.CACHE_MOUNT}{request}; kept across container "
+                     "restarts, downloaded again by every new pod: set k8s.pvc or k8s.cache_pvc to keep it")
+    elif place is not CachePlace.user:
+        notes.append(f"HF cache: HF_HOME={k8s_manifest.cache_home(spec)} on PVC "
+                     f"{k8s.cache_pvc if place is CachePlace.cache_pvc else k8s.pvc}")
+    if spec.nodes > 1:
+        for claim in dict.fromkeys(name for name in (k8s.pvc, k8s.cache_pvc) if name):
+            notes.append(f"PVC {claim} is mounted by {spec.nodes} pods at once: it needs accessModes "
+                         "[ReadWriteMany] (ReadWriteOnce binds it to one node, and the other pods never start)")
+    return notes
+
+
+def gang_notes(spec: JobSpec) -> list[str]:
+    """A multi-node GPU job needs all its pods placed or none: a half-placed 2 x 4-GPU job holds 4 GPUs while it
+    waits for the rest, and two such jobs can hold each other's GPUs for ever."""
+    k8s = spec.k8s
+    if spec.nodes < 2 or not spec.gpus_per_node:
+        return []
+    held = (spec.min_nodes or spec.nodes) - 1
+    risk = (f"a half-placed {spec.nodes} x {spec.gpus_per_node}-GPU job holds up to {held * spec.gpus_per_node} "
+            "GPUs while it waits for the rest")
+    if k8s.scheduler is Scheduler.kueue:
+        return [f"gang scheduling: Kueue admits all {spec.nodes} pods or none by quota; placement is "
+                "all-or-nothing only with Kueue's waitForPodsReady"]
+    if k8s.kind is Kind.trainjob:
+        return [f"warning: no gang scheduling from stjobs: a TrainJob gets it from its runtime's podGroupPolicy "
+                f"(check `kubectl get clustertrainingruntime {k8s.runtime} -o jsonpath='{{.spec.podGroupPolicy}}'`; "
+                f"the stock torch-distributed runtime has none); without it {risk}"]
+    if k8s.scheduler in k8s_manifest.SCHEDULER_NAMES:
+        return [f"gang scheduling: {k8s.scheduler.value} places {spec.min_nodes or spec.nodes} pods or none "
+                f"(schedulingPolicy.minAvailable; the training operator must run with "
+                f"--gang-scheduler-name={k8s.scheduler.value})"]
+    return [f"warning: no gang scheduling (k8s.scheduler: default): {risk}; set k8s.scheduler to volcano or "
+            "scheduler-plugins (or kueue with waitForPodsReady)"]
 
 
 def _refuse_for_trainjob(spec: JobSpec) -> None:
