@@ -289,6 +289,10 @@ class JobSpec:
         if strategy is Strategy.single and (nodes != 1 or procs != 1):
             raise SpecError("strategy", "single", f"nodes: 1 and procs_per_node: 1 (got nodes={nodes}, "
                             f"procs_per_node={procs}); use ddp for several processes")
+        if strategy is Strategy.single and gpus > 1:
+            # One process that sees several GPUs: the Trainer wraps DataParallel over all of them.
+            raise SpecError("gpus_per_node", gpus, "0 or 1 with strategy single (dp for one process over several "
+                            "GPUs, ddp for one process per GPU)")
         if gpus and strategy in (Strategy.ddp, Strategy.fsdp) and procs != gpus:
             raise SpecError("procs_per_node", procs, f"equal to gpus_per_node ({gpus}): one process per GPU")
         if values["launcher"] is Launcher.accelerate and strategy is Strategy.dp:

@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 import stjobs
+from stjobs.errors import SpecError
 from stjobs.images.renderer import image_files
 from tests.conftest import EXAMPLES
 
@@ -43,13 +44,24 @@ def test_the_docker_image_keeps_its_cache_volume() -> None:
 
 
 # spec values -> what the SLURM job binds: the job dir and the workdir (where a relative output_dir lands), always
-@pytest.mark.parametrize("mounts,binds", [
-    ([], "${STJOBS_JOB_DIR},${STJOBS_WORKDIR}"),
-    (["/scratch/data:/data"], "${STJOBS_JOB_DIR},${STJOBS_WORKDIR},/scratch/data:/data"),
+@pytest.mark.parametrize("mounts,sets,binds", [
+    ([], [], "${STJOBS_JOB_DIR},${STJOBS_WORKDIR}"),  # a relative output_dir is under the bound workdir
+    (["/scratch/data:/data"], [], "${STJOBS_JOB_DIR},${STJOBS_WORKDIR},/scratch/data:/data"),
+    ([], ["output_dir=/scratch/runs/a"], "${STJOBS_JOB_DIR},${STJOBS_WORKDIR},/scratch/runs/a"),
+    ([], ["env.HF_HOME=/scratch/hf"], "${STJOBS_JOB_DIR},${STJOBS_WORKDIR},/scratch/hf"),
+    ([], ["env.HF_HOME=hf-cache"], "${STJOBS_JOB_DIR},${STJOBS_WORKDIR}"),  # relative: under the workdir
+    (["/scratch/hf:/scratch/hf"], ["env.HF_HOME=/scratch/hf"],
+     "${STJOBS_JOB_DIR},${STJOBS_WORKDIR},/scratch/hf,/scratch/hf:/scratch/hf"),  # binding it twice is harmless
 ])
-def test_the_slurm_job_binds_what_the_job_writes(mounts: list[str], binds: str) -> None:
-    spec = stjobs.load_spec(EXAMPLES / "apptainer.yaml", [], [f"slurm.container_mounts={mounts}"])
+def test_the_slurm_job_binds_what_the_job_writes(mounts: list[str], sets: list[str], binds: str) -> None:
+    spec = stjobs.load_spec(EXAMPLES / "apptainer.yaml", [], [f"slurm.container_mounts={mounts}", *sets])
     plan = stjobs.render(spec, "slurm")
     sbatch = next(item.content for item in plan.files if item.path == "job.sbatch")
     assert f'--bind "{binds}"' in sbatch
-    assert not spec.output_dir.startswith("/"), "a relative output_dir is under the bound workdir"
+
+
+def test_an_absolute_path_apptainer_cannot_bind_is_refused_in_one_line() -> None:
+    spec = stjobs.load_spec(EXAMPLES / "apptainer.yaml", [], ['output_dir=/x/$(id)"`q`'])
+    with pytest.raises(SpecError) as caught:
+        stjobs.render(spec, "slurm")
+    assert str(caught.value).startswith("output_dir: got '/x/$(id)\"`q`'; expected an absolute path of letters")

@@ -99,7 +99,8 @@ def test_precision(requested: str, capability: gpus.Capability | None, result: s
 
 
 def gpu_spec(gpu_type: str | None, *sets: str) -> stjobs.JobSpec:
-    values = ["gpus_per_node=4", "procs_per_node=4", "cpus_per_task=8", *([f"gpu_type={gpu_type}"] if gpu_type else []), *sets]
+    values = ["gpus_per_node=4", "procs_per_node=4", "cpus_per_task=8",
+              *([f"gpu_type={gpu_type}"] if gpu_type else []), *sets]
     return stjobs.load_spec(EXAMPLES / "k8s-pytorchjob.yaml", sets=values)
 
 

@@ -38,6 +38,8 @@ BAD: list[tuple[str, dict[str, Any], str, str, str]] = [
     ("strategy-unknown", {"strategy": "zero3"}, "strategy", "'zero3'", "one of ddp, dp, fsdp, single"),
     ("launcher-unknown", {"launcher": "mpirun"}, "launcher", "'mpirun'", "one of torchrun, accelerate"),
     ("dp-multi-node", {"strategy": "dp", "nodes": 2}, "nodes", "2", "DataParallel is single-node"),
+    ("single-several-gpus", {"strategy": "single", "nodes": 1, "procs_per_node": 1, "gpus_per_node": 4},
+     "gpus_per_node", "4", "0 or 1 with strategy single"),
     ("fsdp-with-evaluator", {"strategy": "fsdp", "entrypoint": {"module": "stjobs.train", "args": [
         "--model", "m", "--train-data", "t.jsonl", "--eval-data", "e.jsonl"]}}, "entrypoint.args",
      "'--eval-data'", "no evaluator with strategy fsdp"),

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import shlex
 from pathlib import Path
 
@@ -154,7 +155,14 @@ def node_command(spec: JobSpec) -> list[Arg]:
     """What each srun task runs: the node launch script, inside Apptainer when asked."""
     if spec.slurm.container is not Container.apptainer:
         return ["bash", LAUNCH]
-    binds = ",".join(["${STJOBS_JOB_DIR}", WORKDIR, *spec.slurm.container_mounts])
+    # The SIF is read-only: bind what the job writes outside the job dir and the workdir (an absolute output_dir,
+    # an HF_HOME the spec sets; the default HF_HOME is under $HOME, which Apptainer binds itself).
+    written = [path for path in (spec.output_dir, spec.env.get("HF_HOME")) if path and path.startswith("/")]
+    for field, path in (("output_dir", spec.output_dir), ("env.HF_HOME", spec.env.get("HF_HOME"))):
+        if path in written and not re.fullmatch(r"[A-Za-z0-9._/@+-]+", path or ""):
+            raise SpecError(field, path, "an absolute path of letters, digits and ._/@+- that Apptainer can bind "
+                            "(or a path relative to the workdir, which is bound)")
+    binds = ",".join(dict.fromkeys(["${STJOBS_JOB_DIR}", WORKDIR, *written, *spec.slurm.container_mounts]))
     image = spec.image or ""
     source = image if image.endswith(".sif") or image.startswith(("docker://", "oras://", "/")) \
         else f"docker://{image}"
