@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 from stjobs import gpus, images
 from stjobs.backends import backend_module
 from stjobs.errors import SpecError, StjobsError
+from stjobs.launch import fsdp_note
 from stjobs.plan import no_world_write, write_plan
 from stjobs.spec import Strategy
 from stjobs.train.args import DEFAULT_PER_DEVICE_BATCH_SIZE, batch_options
@@ -27,7 +28,7 @@ def render(spec: JobSpec, backend: str = "local", k8s_schemas: str | Path | None
     ``k8s_schemas``: a directory with the Kubeflow CRD files; the k8s backend then checks its manifest strictly
     against them (without it the plan notes that the check was skipped); the others refuse it."""
     plan = backend_module(backend).render(spec, Path(k8s_schemas) if k8s_schemas is not None else None)
-    notes = [note for note in (batch_note(spec), gpu_note(spec)) if note]
+    notes = [note for note in (batch_note(spec), gpu_note(spec), fsdp_note(spec)) if note]
     return replace(plan, notes=(*plan.notes, *notes)) if notes else plan
 
 

@@ -12,6 +12,7 @@ import shlex
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from stjobs import gpus
 from stjobs.errors import SpecError
 from stjobs.spec import Fabric, JobSpec, Launcher, Strategy
 
@@ -213,7 +214,6 @@ def _accelerate_argv(spec: JobSpec) -> tuple[list[Arg], tuple[tuple[str, str], .
 
 def accelerate_config(spec: JobSpec) -> str:
     """accelerate's config file, built as data and dumped, so it is valid YAML by construction."""
-    on_gpu = spec.gpus_per_node > 0
     # accelerate's own CPU mode (use_cpu / MULTI_CPU) starts ONE process unless mpirun is configured: our trial
     # ran a 2-process spec as world size 1 without a word. MULTI_GPU goes through torchrun's launcher instead,
     # and on a machine without GPUs the workers then pick gloo themselves (the start event shows it).
@@ -224,7 +224,7 @@ def accelerate_config(spec: JobSpec) -> str:
         "num_machines": spec.nodes,
         "num_processes": spec.world_size,
         "machine_rank": 0,
-        "mixed_precision": "no",
+        "mixed_precision": accelerate_precision(spec),
         "use_cpu": False,
         "same_network": True,
         "rdzv_backend": "c10d" if spec.nodes > 1 else "static",
@@ -232,14 +232,115 @@ def accelerate_config(spec: JobSpec) -> str:
         "debug": False,
     }
     if spec.strategy is Strategy.fsdp:
-        config["fsdp_config"] = {
-            "fsdp_sharding_strategy": "FULL_SHARD",
-            "fsdp_auto_wrap_policy": "TRANSFORMER_BASED_WRAP",
-            "fsdp_state_dict_type": "FULL_STATE_DICT",
-            # Broadcasting module states from rank 0 fails on CPU; only meaningful with GPUs.
-            "fsdp_sync_module_states": on_gpu,
-            "fsdp_use_orig_params": True,
-        }
+        # No FSDP1 keys (sync_module_states, use_orig_params): FSDP2 always trains the original parameters and
+        # needs no broadcast from rank 0; accelerate would warn and drop them.
+        layer, _how = fsdp_layer_at_render(spec)
+        config["fsdp_config"] = {f"fsdp_{key}": value for key, value in fsdp_settings(layer).items()}
     import yaml  # accelerate jobs only: the import is a sixth of a render's whole-process time
 
     return yaml.safe_dump(config, sort_keys=True, default_flow_style=False)
+
+
+# FSDP as both launchers run it, from one set of values so they cannot drift: torchrun through the Trainer's
+# fsdp_config (stjobs.train.trainer), accelerate through its config file. FSDP2: transformers 5's Trainer builds
+# version 2 unless told otherwise, while `accelerate launch` defaults to version 1 when its config says nothing.
+FSDP_VERSION = 2
+FSDP_STATE_DICT = "FULL_STATE_DICT"  # the final save gathers full weights: an ordinary model directory
+FSDP_WRAP = "TRANSFORMER_BASED_WRAP"
+# The repeated block FSDP wraps as one unit, by the model_type in a Hugging Face config.json.
+FSDP_LAYER_CLASSES = {
+    "bert": "BertLayer", "mpnet": "MPNetLayer", "xlm-roberta": "XLMRobertaLayer", "roberta": "RobertaLayer",
+    "camembert": "CamembertLayer", "distilbert": "TransformerBlock", "electra": "ElectraLayer",
+    "deberta-v2": "DebertaV2Layer", "albert": "AlbertLayer", "modernbert": "ModernBertEncoderLayer",
+    "t5": "T5Block", "mt5": "T5Block", "qwen2": "Qwen2DecoderLayer", "qwen3": "Qwen3DecoderLayer",
+    "llama": "LlamaDecoderLayer", "mistral": "MistralDecoderLayer", "gemma": "GemmaDecoderLayer",
+    "gemma2": "Gemma2DecoderLayer", "gemma3_text": "Gemma3DecoderLayer",
+}
+# Models whose architecture the render knows by name alone (it reads no files, so the same spec always renders
+# the same bytes). Any other --model is resolved on each rank; the rank also checks a name from here against the
+# loaded model, so a wrong row fails in one line instead of wrapping nothing.
+KNOWN_MODEL_TYPES = {
+    "tiny-bert": "bert", "all-MiniLM-L6-v2": "bert", "sentence-transformers/all-MiniLM-L6-v2": "bert",
+    "sentence-transformers/all-MiniLM-L12-v2": "bert", "sentence-transformers/paraphrase-multilingual-MiniLM-L12-v2":
+    "bert", "google-bert/bert-base-uncased": "bert", "bert-base-uncased": "bert", "BAAI/bge-small-en-v1.5": "bert",
+    "BAAI/bge-base-en-v1.5": "bert", "intfloat/e5-base-v2": "bert", "microsoft/mpnet-base": "mpnet",
+    "sentence-transformers/all-mpnet-base-v2": "mpnet", "all-mpnet-base-v2": "mpnet",
+    "FacebookAI/roberta-base": "roberta", "roberta-base": "roberta", "FacebookAI/xlm-roberta-base": "xlm-roberta",
+    "distilbert/distilbert-base-uncased": "distilbert", "answerdotai/ModernBERT-base": "modernbert",
+}
+# accelerate's launcher exports the config's layer class under this name; the rank takes it as its override.
+LAYER_CLASS_ENV = "FSDP_TRANSFORMER_CLS_TO_WRAP"
+
+
+def fsdp_settings(layer: str | None) -> dict[str, object]:
+    """FSDP's settings in the Trainer's fsdp_config spelling; the accelerate config is the same with ``fsdp_``
+    prefixed (accelerate's launcher turns each into an FSDP_* variable its plugin reads)."""
+    settings: dict[str, object] = {"version": FSDP_VERSION, "reshard_after_forward": True,  # = FULL_SHARD
+                                   "auto_wrap_policy": FSDP_WRAP, "state_dict_type": FSDP_STATE_DICT,
+                                   # accelerate's launcher defaults this to true, and transformers then loads
+                                   # every rank but 0 on the meta device, to be filled by a broadcast the
+                                   # Trainer's plugin (false) never does. Every rank loads the model itself.
+                                   "cpu_ram_efficient_loading": False}
+    if layer is not None:
+        settings["transformer_layer_cls_to_wrap"] = layer
+    return settings
+
+
+def _option(args: tuple[str, ...], flag: str) -> str | None:
+    """The value of ``flag`` among an entrypoint's arguments (the last one wins, as argparse)."""
+    found = None
+    for index, arg in enumerate(args):
+        if arg == flag and index + 1 < len(args):
+            found = args[index + 1]
+        elif arg.startswith(flag + "="):
+            found = arg.split("=", 1)[1]
+    return found
+
+
+def fsdp_layer_at_render(spec: JobSpec) -> tuple[str | None, str]:
+    """The layer class FSDP wraps, when the spec alone says it, and where that came from (or why not)."""
+    builtin = spec.entrypoint.module == "stjobs.train"
+    args = spec.entrypoint.args
+    if builtin and _option(args, "--fsdp-layer-class"):
+        return _option(args, "--fsdp-layer-class"), "--fsdp-layer-class"
+    if spec.env.get(LAYER_CLASS_ENV):
+        return spec.env[LAYER_CLASS_ENV], f"env {LAYER_CLASS_ENV}"
+    model = _option(args, "--model") if builtin else None
+    if model in KNOWN_MODEL_TYPES:
+        return FSDP_LAYER_CLASSES[KNOWN_MODEL_TYPES[model]], f"--model {model}"
+    if builtin:
+        return None, (f"the layer class of --model {model} is not known at render: each rank resolves it (the "
+                      "model's config.json, locally or in the HF cache, else its repeated layer module); "
+                      "--fsdp-layer-class names it")
+    return None, ("a custom entrypoint names no layer class: unless the script's own FSDP plugin names one, "
+                  "accelerate wraps by the model's _no_split_modules (none for a SentenceTransformer: one flat "
+                  f"FSDP unit); set env {LAYER_CLASS_ENV}, e.g. BertLayer")
+
+
+def accelerate_precision(spec: JobSpec) -> str:
+    """accelerate's mixed_precision, from the same rule the training applies (stjobs.gpus): the launcher exports it
+    as ACCELERATE_MIXED_PRECISION, which the Trainer keeps when its own choice is fp32, so "no" unless the render
+    knows the GPU. An unknown GPU type: the rank decides (its bf16/fp16 flags override the variable)."""
+    capability = gpus.capability_of(spec.gpu_type) if spec.gpus_per_node else None
+    if capability is None:
+        return "no"
+    requested = (_option(spec.entrypoint.args, "--precision") or "auto") if spec.entrypoint.module == "stjobs.train" \
+        else "auto"
+    try:
+        precision = gpus.resolve_precision(requested, capability)
+    except ValueError:
+        return "no"  # bf16 on a pre-Ampere type: api.gpu_note refuses the spec in one line right after
+    return {"bf16": "bf16", "fp16": "fp16"}.get(precision, "no")
+
+
+def fsdp_note(spec: JobSpec) -> str | None:
+    """What FSDP will do, said in the plan: version, sharding, the layer class (or who decides it), precision."""
+    if spec.strategy is not Strategy.fsdp:
+        return None
+    layer, how = fsdp_layer_at_render(spec)
+    via = "accelerate's config" if spec.launcher is Launcher.accelerate else "the Trainer's fsdp_config"
+    said = f"fsdp: FSDP{FSDP_VERSION} through {via}, full sharding, {FSDP_STATE_DICT} for the final save; "
+    said += f"one unit per {layer} ({how})" if layer else how
+    if spec.launcher is Launcher.accelerate:
+        said += f"; mixed_precision {accelerate_precision(spec)}"
+    return said

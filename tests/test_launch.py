@@ -93,15 +93,18 @@ def test_accelerate_argv_and_config() -> None:
     assert (config["num_machines"], config["num_processes"], config["rdzv_backend"]) == (2, 4, "c10d")
 
 
-def test_accelerate_fsdp_never_syncs_module_states_on_cpu() -> None:
-    (_, text), = build_launch(spec(launcher="accelerate", strategy="fsdp", procs_per_node=2)).files
-    config = yaml.safe_load(text)
-    assert config["distributed_type"] == "FSDP"
-    assert config["fsdp_config"]["fsdp_sharding_strategy"] == "FULL_SHARD"
-    assert config["fsdp_config"]["fsdp_state_dict_type"] == "FULL_STATE_DICT"
-    assert config["fsdp_config"]["fsdp_sync_module_states"] is False
-    (_, gpu_text), = build_launch(spec(launcher="accelerate", strategy="fsdp", gpus_per_node=2)).files
-    assert yaml.safe_load(gpu_text)["fsdp_config"]["fsdp_sync_module_states"] is True
+def test_accelerate_fsdp_is_fsdp2_and_never_syncs_module_states() -> None:
+    """FSDP2 (as the Trainer runs it) fully sharded, full state dict; FSDP1's module-state broadcast from rank 0,
+    which failed on CPU, is no FSDP2 setting at all. The layer class and precision: tests/test_launch_fsdp.py."""
+    for gpus in (0, 2):
+        fields = {"gpus_per_node": gpus} if gpus else {"procs_per_node": 2}
+        (_, text), = build_launch(spec(launcher="accelerate", strategy="fsdp", **fields)).files
+        config = yaml.safe_load(text)
+        assert config["distributed_type"] == "FSDP"
+        assert config["fsdp_config"]["fsdp_version"] == 2
+        assert config["fsdp_config"]["fsdp_reshard_after_forward"] is True  # FULL_SHARD in FSDP1's words
+        assert config["fsdp_config"]["fsdp_state_dict_type"] == "FULL_STATE_DICT"
+        assert "fsdp_sync_module_states" not in config["fsdp_config"]
 
 
 def test_ref_quoting_and_resolution() -> None:
