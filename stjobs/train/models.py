@@ -21,6 +21,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from stjobs.launch import FSDP_LAYER_CLASSES
 from stjobs.train.args import TrainConfigError
 
 if TYPE_CHECKING:
@@ -250,17 +251,6 @@ def ignore_in_ddp(model: Any, names: list[str]) -> bool:
     return True
 
 
-# The repeated block FSDP wraps as one unit, by the model_type in a Hugging Face config.json.
-FSDP_LAYER_CLASSES = {
-    "bert": "BertLayer", "mpnet": "MPNetLayer", "xlm-roberta": "XLMRobertaLayer", "roberta": "RobertaLayer",
-    "camembert": "CamembertLayer", "distilbert": "TransformerBlock", "electra": "ElectraLayer",
-    "deberta-v2": "DebertaV2Layer", "albert": "AlbertLayer", "modernbert": "ModernBertEncoderLayer",
-    "t5": "T5Block", "mt5": "T5Block", "qwen2": "Qwen2DecoderLayer", "qwen3": "Qwen3DecoderLayer",
-    "llama": "LlamaDecoderLayer", "mistral": "MistralDecoderLayer", "gemma": "GemmaDecoderLayer",
-    "gemma2": "Gemma2DecoderLayer", "gemma3_text": "Gemma3DecoderLayer",
-}
-
-
 def model_type(path: str) -> str | None:
     """The ``model_type`` of the transformer inside a SentenceTransformer directory, from its config.json alone."""
     root = Path(path)
@@ -277,20 +267,81 @@ def model_type(path: str) -> str | None:
     return None
 
 
-def fsdp_layer_class(path: str, model: Any, override: str | None) -> str:
-    """The layer class FSDP wraps one unit at a time: ``override``, else by the model's config (no weights read).
+def hub_cache() -> Path:
+    """The hub cache as huggingface_hub finds it, read from the environment at each call (its own constant is
+    fixed when it is first imported): HF_HUB_CACHE, else HF_HOME/hub, else XDG_CACHE_HOME or ~/.cache."""
+    if os.environ.get("HF_HUB_CACHE"):
+        return Path(os.environ["HF_HUB_CACHE"]).expanduser()
+    home = os.environ.get("HF_HOME") or str(Path(os.environ.get("XDG_CACHE_HOME") or "~/.cache") / "huggingface")
+    return Path(home).expanduser() / "hub"
+
+
+def cached_snapshot(name: str) -> Path | None:
+    """The cached snapshot directory of hub model ``name`` (its main revision), without any network access."""
+    from huggingface_hub import try_to_load_from_cache
+
+    for filename in ("modules.json", "config.json"):
+        try:
+            found = try_to_load_from_cache(name, filename, cache_dir=hub_cache())
+        except ValueError:  # not a valid repo id (e.g. a path that does not exist)
+            return None
+        if isinstance(found, str):
+            return Path(found).parent  # the snapshot's own path; the file itself links into blobs/
+    return None
+
+
+def loaded_model_type(model: Any) -> str | None:
+    """The model_type of the first Hugging Face model inside the loaded SentenceTransformer."""
+    for module in model.modules():
+        found = getattr(getattr(module, "config", None), "model_type", None)
+        if isinstance(found, str) and found:
+            return found
+    return None
+
+
+def repeated_layer_class(model: Any) -> str | None:
+    """The class of the repeated blocks: the largest ModuleList (by parameters) whose entries share one class,
+    e.g. BertEncoder.layer's BertLayer. Any architecture has one, table or not."""
+    import torch
+
+    best: tuple[int, str] | None = None
+    for module in model.modules():
+        if not isinstance(module, torch.nn.ModuleList) or len(module) < 2:
+            continue
+        classes = {type(child).__name__ for child in module}
+        size = sum(param.numel() for param in module.parameters())
+        if len(classes) == 1 and (best is None or size > best[0]):
+            best = (size, classes.pop())
+    return best[1] if best else None
+
+
+def fsdp_layer_class(path: str, model: Any, override: str | None, option: str = "--fsdp-layer-class") -> str:
+    """The layer class FSDP wraps one unit at a time: ``override`` (named by ``option``), else by the model's
+    config.json (the directory's, else the HF cache's for a hub id), else from the loaded model itself (its
+    config's model_type, then its repeated layer modules).
 
     Checked against the loaded model, so a wrong name fails here and not as an FSDP run that wraps nothing.
     """
     kind = model_type(path)
-    name = override or FSDP_LAYER_CLASSES.get(kind or "")
+    where = path
+    if kind is None and not Path(path).expanduser().is_dir():
+        snapshot = cached_snapshot(path)  # a hub id: the config transformers itself would read offline
+        kind = model_type(str(snapshot)) if snapshot is not None else None
+        where = f"{path} (HF cache {snapshot})" if snapshot is not None else path
     present = {type(module).__name__ for module in model.modules()}
+    if override:
+        name: str | None = override
+    elif kind is not None:  # a config was found: it decides, as it does for transformers
+        name = FSDP_LAYER_CLASSES.get(kind)
+    else:  # no config.json anywhere (a hub id not in the cache): the model that was loaded
+        kind = loaded_model_type(model)
+        name = FSDP_LAYER_CLASSES.get(kind or "") or repeated_layer_class(model)
     if name is None:
-        raise TrainConfigError(f"--fsdp-layer-class: not given, and model type {kind!r} of {path} is not in our "
+        raise TrainConfigError(f"--fsdp-layer-class: not given, and model type {kind!r} of {where} is not in our "
                                f"table; expected the name of the model's repeated layer class, e.g. BertLayer")
     if name not in present:
-        option = "--fsdp-layer-class" if override else f"model type {kind!r}"
-        raise TrainConfigError(f"{option}: layer class {name!r} is not in the model; expected one of "
+        source = option if override else f"model type {kind!r}"
+        raise TrainConfigError(f"{source}: layer class {name!r} is not in the model; expected one of "
                                f"{', '.join(sorted(n for n in present if n.endswith(('Layer', 'Block'))))}")
     return name
 

@@ -34,17 +34,23 @@ def training_args(config: TrainConfig, source: str, model: Any, world: int, in_b
     from sentence_transformers import SentenceTransformerTrainingArguments
     from sentence_transformers.base.sampler import BatchSamplers
 
+    from stjobs.launch import LAYER_CLASS_ENV, fsdp_settings
     from stjobs.train.models import fsdp_layer_class
     from stjobs.train.sampler import LengthGroupedBatchSampler, UniqueTextBatchSampler
 
     on_gpu = torch.cuda.is_available()
     parallel: dict[str, Any] = {}
     if config.strategy == "fsdp":
-        # Full sharding, one FSDP unit per transformer layer: fsdp=["full_shard", "auto_wrap"] in the older
-        # spelling, which transformers 5 still accepts but deprecates.
-        layer = fsdp_layer_class(source, model, config.fsdp_layer_class)
-        parallel = {"fsdp": True, "fsdp_config": {"reshard_after_forward": True,
-                                                  "transformer_layer_cls_to_wrap": [layer]}}
+        # Full sharding, one FSDP unit per transformer layer, FSDP2, full state dict: the values the accelerate
+        # config holds too (stjobs.launch.fsdp_settings). Under `accelerate launch` this plugin is the one used (the
+        # Trainer passes it explicitly); the layer class the config named arrives as FSDP_TRANSFORMER_CLS_TO_WRAP and
+        # is checked against the model, so the two launchers cannot wrap different classes.
+        if config.fsdp_layer_class:
+            layer = fsdp_layer_class(source, model, config.fsdp_layer_class)
+        else:
+            layer = fsdp_layer_class(source, model, os.environ.get(LAYER_CLASS_ENV) or None, LAYER_CLASS_ENV)
+        fsdp_config = {**fsdp_settings(layer), "transformer_layer_cls_to_wrap": [layer]}
+        parallel = {"fsdp": True, "fsdp_config": fsdp_config}
     elif world > 1:
         # DDP looks for parameters without a gradient after every backward unless told there are none: an extra
         # pass over the graph per step. On only when the model has parameters that get no gradient and torch
