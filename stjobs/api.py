@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 from stjobs import gpus, images
 from stjobs.backends import backend_module
 from stjobs.errors import SpecError, StjobsError
-from stjobs.launch import fsdp_note
+from stjobs.launch import fsdp_note, option_value
 from stjobs.plan import no_world_write, write_plan
 from stjobs.spec import Strategy
 from stjobs.train.args import DEFAULT_PER_DEVICE_BATCH_SIZE, batch_options
@@ -46,7 +46,7 @@ def gpu_note(spec: JobSpec) -> str | None:
                 "gpu_type: v100)")
     said = f"gpu: {spec.gpu_type} is {gpus.describe(capability)}"
     if spec.entrypoint.module == "stjobs.train":
-        requested = precision_option(spec.entrypoint.args)
+        requested = option_value(spec.entrypoint.args, "--precision") or "auto"
         try:
             precision = gpus.resolve_precision(requested, capability)
         except ValueError:
@@ -56,17 +56,6 @@ def gpu_note(spec: JobSpec) -> str | None:
         said += f": training in {precision}" + (" (bf16 needs compute capability 8.0)" if precision == "fp16"
                                                  and requested == "auto" else "")
     return f"{said}; image torch build CUDA {build.cuda}"
-
-
-def precision_option(args: tuple[str, ...]) -> str:
-    """The built-in training's --precision among the entrypoint's arguments (the last one wins, as argparse)."""
-    found = "auto"
-    for index, arg in enumerate(args):
-        if arg == "--precision" and index + 1 < len(args):
-            found = args[index + 1]
-        elif arg.startswith("--precision="):
-            found = arg.split("=", 1)[1]
-    return found
 
 
 def batch_note(spec: JobSpec) -> str | None:

@@ -286,7 +286,7 @@ def fsdp_settings(layer: str | None) -> dict[str, object]:
     return settings
 
 
-def _option(args: tuple[str, ...], flag: str) -> str | None:
+def option_value(args: tuple[str, ...], flag: str) -> str | None:
     """The value of ``flag`` among an entrypoint's arguments (the last one wins, as argparse)."""
     found = None
     for index, arg in enumerate(args):
@@ -301,11 +301,11 @@ def fsdp_layer_at_render(spec: JobSpec) -> tuple[str | None, str]:
     """The layer class FSDP wraps, when the spec alone says it, and where that came from (or why not)."""
     builtin = spec.entrypoint.module == "stjobs.train"
     args = spec.entrypoint.args
-    if builtin and _option(args, "--fsdp-layer-class"):
-        return _option(args, "--fsdp-layer-class"), "--fsdp-layer-class"
+    if builtin and option_value(args, "--fsdp-layer-class"):
+        return option_value(args, "--fsdp-layer-class"), "--fsdp-layer-class"
     if spec.env.get(LAYER_CLASS_ENV):
         return spec.env[LAYER_CLASS_ENV], f"env {LAYER_CLASS_ENV}"
-    model = _option(args, "--model") if builtin else None
+    model = option_value(args, "--model") if builtin else None
     if model in KNOWN_MODEL_TYPES:
         return FSDP_LAYER_CLASSES[KNOWN_MODEL_TYPES[model]], f"--model {model}"
     if builtin:
@@ -324,8 +324,8 @@ def accelerate_precision(spec: JobSpec) -> str:
     capability = gpus.capability_of(spec.gpu_type) if spec.gpus_per_node else None
     if capability is None:
         return "no"
-    requested = (_option(spec.entrypoint.args, "--precision") or "auto") if spec.entrypoint.module == "stjobs.train" \
-        else "auto"
+    builtin = spec.entrypoint.module == "stjobs.train"
+    requested = (option_value(spec.entrypoint.args, "--precision") or "auto") if builtin else "auto"
     try:
         precision = gpus.resolve_precision(requested, capability)
     except ValueError:
