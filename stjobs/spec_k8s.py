@@ -51,6 +51,12 @@ class CleanPodPolicy(str, Enum):
     None_ = "None"
 
 
+def _check_key(field: str, key: Any, what: str) -> None:
+    """Label and annotation keys share one syntax: [prefix/]name, the prefix a DNS subdomain of at most 253."""
+    if not isinstance(key, str) or not re.fullmatch(LABEL_KEY, key) or len(key.rpartition("/")[0]) > 253:
+        raise SpecError(f"{field}.{key}", key, f"{what}: [prefix/]name of letters, digits, '-_.'")
+
+
 class Labels(Parser[dict[str, str]]):
     """A node selector: Kubernetes label keys to label values."""
 
@@ -61,8 +67,7 @@ class Labels(Parser[dict[str, str]]):
             raise self.fail(field, value)
         out: dict[str, str] = {}
         for key, item in value.items():
-            if not isinstance(key, str) or not re.fullmatch(LABEL_KEY, key) or len(key.rpartition("/")[0]) > 253:
-                raise SpecError(f"{field}.{key}", key, "a label key: [prefix/]name of letters, digits, '-_.'")
+            _check_key(field, key, "a label key")
             if isinstance(item, bool) or not isinstance(item, (str, int)) or not re.fullmatch(LABEL_VALUE, str(item)):
                 raise SpecError(f"{field}.{key}", item, "a label value: at most 63 letters, digits, '-_.'")
             out[key] = str(item)
@@ -144,8 +149,7 @@ class Annotations(Parser[dict[str, str]]):
             raise self.fail(field, value)
         out: dict[str, str] = {}
         for key, item in value.items():
-            if not isinstance(key, str) or not re.fullmatch(LABEL_KEY, key) or len(key.rpartition("/")[0]) > 253:
-                raise SpecError(f"{field}.{key}", key, "an annotation key: [prefix/]name of letters, digits, '-_.'")
+            _check_key(field, key, "an annotation key")
             if not isinstance(item, str):  # YAML's false or 1 would arrive as a bool or int: quote it
                 raise SpecError(f"{field}.{key}", item, 'a string (quote it: "false", "1")')
             out[key] = writable(item, f"{field}.{key}")

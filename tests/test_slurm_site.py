@@ -79,7 +79,9 @@ def test_only_what_can_resume_is_warned_and_requeued() -> None:
     script = stjobs.load_spec(EXAMPLES / "my-script.yaml", overrides=[("entrypoint.resumable", False)])
     plan = slurm.render(script)
     text = plan.file(slurm.SBATCH_FILE).content
-    assert "#SBATCH --no-requeue\n" in text and "--signal" not in text and "trap " not in text
+    # No USR2 trap and no self-requeue; the EXIT/TERM traps of the exit record are there for every job.
+    assert "#SBATCH --no-requeue\n" in text and "--signal" not in text and "USR2" not in text
+    assert "scontrol requeue" not in text and "trap 'exit 143' TERM" in text
     assert any(note.startswith("preemption: not requeued") for note in plan.notes)
     for resumable in (stjobs.load_spec(EXAMPLES / "my-script.yaml"), spec()):
         text = slurm.render(resumable).file(slurm.SBATCH_FILE).content
