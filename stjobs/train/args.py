@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -16,33 +17,19 @@ from typing import NoReturn, TypeVar
 
 from stjobs.errors import StjobsError
 
+# The loss table lives in stjobs.train.losses (stdlib only); these names are read from here too.
+from stjobs.train.losses import FULL_DIMENSION_LOSSES as FULL_DIMENSION_LOSSES
+from stjobs.train.losses import GUIDED_LOSSES as GUIDED_LOSSES
+from stjobs.train.losses import LOSS_ALIASES as LOSS_ALIASES
+from stjobs.train.losses import LOSSES as LOSSES
+from stjobs.train.losses import canonical_loss
+from stjobs.train.losses import loss_name as loss_name
+
 STRATEGIES = ("ddp", "dp", "fsdp", "single")
 STRATEGY_ENV = "STJOBS_STRATEGY"
 
-# Canonical loss names (sentence-transformers class names) and the short spellings users type.
-LOSSES = (
-    "MultipleNegativesRankingLoss",
-    "CachedMultipleNegativesRankingLoss",
-    "MultipleNegativesSymmetricRankingLoss",
-    "CachedMultipleNegativesSymmetricRankingLoss",
-    "GISTEmbedLoss",
-    "CachedGISTEmbedLoss",
-    "CoSENTLoss",
-    "CosineSimilarityLoss",
-)
-LOSS_ALIASES = {
-    "mnrl": "MultipleNegativesRankingLoss",
-    "cmnrl": "CachedMultipleNegativesRankingLoss",
-    "cached-mnrl": "CachedMultipleNegativesRankingLoss",
-    "mnsrl": "MultipleNegativesSymmetricRankingLoss",
-    "cmnsrl": "CachedMultipleNegativesSymmetricRankingLoss",
-    "gist": "GISTEmbedLoss",
-    "cached-gist": "CachedGISTEmbedLoss",
-    "cosent": "CoSENTLoss",
-    "cosine": "CosineSimilarityLoss",
-}
-GUIDED_LOSSES = frozenset({"GISTEmbedLoss", "CachedGISTEmbedLoss"})
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+MULTI_DATASET_SAMPLERS = ("proportional", "round_robin")  # sentence-transformers' MultiDatasetBatchSamplers values
 DEFAULT_PER_DEVICE_BATCH_SIZE = 16
 
 DEFAULT_LOGGING_STEPS = 10
@@ -59,10 +46,10 @@ class TrainConfigError(StjobsError):
 @dataclass(frozen=True)
 class TrainConfig:
     model: str
-    train_data: str
+    train_data: tuple[DataSource, ...]  # one or more; several are named (check_sources)
     output_dir: Path
-    eval_data: str | None = None
-    loss: str | None = None  # None: the default loss for the data kind (see stjobs.train.data)
+    eval_data: tuple[DataSource, ...] = ()
+    loss: str | None = None  # for sources without their own; None: the default loss of the data kind (losses.py)
     # At most one of the two is given; the run resolves the other from the world size (see batch_sizes).
     per_device_batch_size: int | None = None
     global_batch_size: int | None = None
@@ -87,6 +74,9 @@ class TrainConfig:
     guide_model: str | None = None  # the guide of GISTEmbedLoss / CachedGISTEmbedLoss
     throughput_skip_steps: int = 5  # warm-up steps left out of the steady-state samples/s
     strategy: str = "ddp"
+    matryoshka_dims: tuple[int, ...] | None = None  # wraps every dataset's loss in MatryoshkaLoss
+    multi_dataset_sampler: str = "proportional"  # sentence-transformers' default; only with several train sources
+    gradient_sync: bool = True  # False: --no-gradient-sync, a benchmark bound (each DDP rank trains its own copy)
 
     def batch_sizes(self, world: int) -> tuple[int, int]:
         """(per device, global) for ``world`` processes; a global size must split evenly."""
@@ -109,7 +99,11 @@ class TrainConfig:
 
     @property
     def use_evaluator(self) -> bool:
-        return self.evaluator and self.eval_data is not None
+        return self.evaluator and bool(self.eval_data)
+
+    def source_loss(self, source: DataSource) -> str | None:
+        """The loss asked for ``source``: its own, else --loss (None: the data kind's default)."""
+        return source.loss or self.loss
 
 
 def _number(kind: Callable[[str], _N], expected: str, ok: Callable[[_N], bool]) -> Callable[[str], _N]:
@@ -132,15 +126,104 @@ positive_float = _number(float, "a positive number", lambda v: v > 0)
 ratio = _number(float, "a number in [0, 1)", lambda v: 0 <= v < 1)
 
 
-def loss_name(text: str) -> str:
-    """The canonical loss class name for ``text`` (case-insensitive, short aliases allowed)."""
-    lowered = text.strip().lower()
-    for name in LOSSES:
-        if name.lower() == lowered:
-            return name
-    if lowered in LOSS_ALIASES:
-        return LOSS_ALIASES[lowered]
-    raise argparse.ArgumentTypeError(f"got {text!r}; expected one of {', '.join(LOSSES)}")
+# --- data sources: --train-data [NAME=]PATH[:LOSS], --eval-data [NAME=]PATH ------------------------------------------
+
+DATA_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]*")
+SOURCE_FORMS = {"--train-data": "[NAME=]PATH[:LOSS]", "--eval-data": "[NAME=]PATH"}
+
+
+@dataclass(frozen=True)
+class DataSource:
+    """One ``--train-data`` / ``--eval-data`` value: an optional dataset name, the data, an optional loss."""
+
+    name: str | None
+    path: str
+    loss: str | None  # the canonical class name (stjobs.train.losses); None: --loss, else the kind's default
+
+    @property
+    def text(self) -> str:
+        """The value as a command line would spell it."""
+        return (f"{self.name}=" if self.name else "") + self.path + (f":{self.loss}" if self.loss else "")
+
+
+def source_form(option: str) -> str:
+    return SOURCE_FORMS.get(option, SOURCE_FORMS["--train-data"])
+
+
+def parse_data_source(text: str, option: str = "--train-data") -> DataSource:
+    """``[NAME=]PATH[:LOSS]``. A NAME is the text before the first ``=`` when it matches ``DATA_NAME_RE`` (so
+    ``/data/a=b.jsonl`` is a path; write ``./a=b.jsonl`` for a file really named so); a LOSS is the text after
+    the last ``:`` when it names a known loss or alias (case-insensitive), else the ``:`` belongs to the path.
+    ``--eval-data`` takes no loss. Raises :class:`TrainConfigError` naming option, value and form."""
+    name: str | None = None
+    rest = text
+    head, sep, tail = text.partition("=")
+    if sep and DATA_NAME_RE.fullmatch(head):
+        name, rest = head, tail
+    loss: str | None = None
+    path, sep, suffix = rest.rpartition(":")
+    if sep and canonical_loss(suffix) is not None:
+        loss, rest = canonical_loss(suffix), path
+    if loss is not None and option == "--eval-data":
+        raise TrainConfigError(f"{option}: got {text!r}; expected {source_form(option)} (a loss belongs to "
+                               "--train-data: evaluation trains nothing)")
+    if not rest.strip():
+        raise TrainConfigError(f"{option}: got {text!r}, which names no data; expected {source_form(option)}")
+    return DataSource(name=name, path=rest, loss=loss)
+
+
+def check_sources(sources: Sequence[DataSource], option: str) -> None:
+    """Several sources of one option need names, all distinct: they key the datasets, losses and evaluators."""
+    if len(sources) < 2:
+        return
+    seen: dict[str, DataSource] = {}
+    for source in sources:
+        if source.name is None:
+            raise TrainConfigError(
+                f"{option}: got {source.text!r} among {len(sources)} values; expected NAME="
+                f"{source_form(option).removeprefix('[NAME=]')} for each (the names tell the datasets apart)")
+        if source.name in seen:
+            raise TrainConfigError(
+                f"{option}: got {source.text!r}, but the name {source.name!r} is already {seen[source.name].text!r}; "
+                f"expected distinct names ({source_form(option)})")
+        seen[source.name] = source
+
+
+def data_sources(argv: Sequence[str], option: str) -> list[DataSource]:
+    """Every value of ``option`` (``--opt VALUE`` and ``--opt=VALUE``) in a training command line, parsed and checked
+    as the training will; raises :class:`TrainConfigError` for a bad one. For the snapshot and the plan's notes."""
+    found: list[DataSource] = []
+    args = list(argv)
+    for index, arg in enumerate(args):
+        if arg == option and index + 1 < len(args):
+            found.append(parse_data_source(args[index + 1], option))
+        elif arg.startswith(option + "="):
+            found.append(parse_data_source(arg[len(option) + 1:], option))
+    check_sources(found, option)
+    return found
+
+
+def _source_type(option: str) -> Callable[[str], DataSource]:
+    def convert(text: str) -> DataSource:
+        try:
+            return parse_data_source(text, option)
+        except TrainConfigError as error:
+            # argparse adds "argument --option: " itself.
+            raise argparse.ArgumentTypeError(str(error).removeprefix(f"{option}: ")) from None
+
+    return convert
+
+
+def matryoshka_dims(text: str) -> tuple[int, ...]:
+    """``--matryoshka-dims 64,32,16``: distinct positive integers, in any order."""
+    expected = "a comma list of distinct positive integers, e.g. 64,32,16"
+    try:
+        dims = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"got {text!r}; expected {expected}") from None
+    if not dims or min(dims) <= 0 or len(set(dims)) != len(dims):
+        raise argparse.ArgumentTypeError(f"got {text!r}; expected {expected}")
+    return dims
 
 
 class _Parser(argparse.ArgumentParser):
@@ -180,12 +263,20 @@ def batch_options(argv: Sequence[str]) -> argparse.Namespace | None:
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="stjobs.train", description="Train a sentence-transformers model (one process per device).")
     p.add_argument("--model", required=True, help="local SentenceTransformer dir, all-MiniLM-L6-v2, or tiny-bert")
-    p.add_argument("--train-data", required=True, help=".jsonl/.json/.csv/.parquet file, saved dataset dir or name")
-    p.add_argument("--eval-data", default=None, help="held-out data of the same kinds; enables the evaluator")
+    p.add_argument("--train-data", required=True, action="append", type=_source_type("--train-data"),
+                   help="[NAME=]PATH[:LOSS]: .jsonl/.json/.csv/.parquet file, saved dataset dir or name; repeat it "
+                   "(with names) to train on several datasets, each with its own loss")
+    p.add_argument("--eval-data", default=[], action="append", type=_source_type("--eval-data"),
+                   help="[NAME=]PATH: held-out data (repeatable); each gets the evaluator of its kind")
     # Under stjobs the spec's output_dir arrives as STJOBS_OUTPUT_DIR; an explicit flag wins.
     default_output = os.environ.get("STJOBS_OUTPUT_DIR")
     p.add_argument("--output-dir", required=default_output is None, default=default_output, type=Path)
-    p.add_argument("--loss", type=loss_name, default=None, help=f"one of {', '.join(LOSSES)}")
+    p.add_argument("--loss", type=loss_name, default=None,
+                   help=f"for sources without their own :LOSS; one of {', '.join(LOSSES)}")
+    p.add_argument("--matryoshka-dims", type=matryoshka_dims, default=None,
+                   help="e.g. 64,32,16: wrap every dataset's loss in MatryoshkaLoss at these dimensions")
+    p.add_argument("--multi-dataset-sampler", choices=MULTI_DATASET_SAMPLERS, default="proportional",
+                   help="several --train-data: proportional (to their sizes) or round_robin; one dataset per step")
     _batch_options(p)
     length = p.add_mutually_exclusive_group()
     length.add_argument("--max-steps", type=positive_int, default=None)
@@ -214,6 +305,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--guide-model", default=None, help="GISTEmbedLoss / CachedGISTEmbedLoss: the guide model")
     p.add_argument("--throughput-skip-steps", type=non_negative_int, default=5,
                    help="warm-up steps left out of the steady-state samples/s of the throughput event")
+    p.add_argument("--no-gradient-sync", dest="gradient_sync", action="store_false",
+                   help="benchmark bound only: DDP ranks skip the gradient all-reduce, each trains its own copy; "
+                   "not a training configuration")
     return p
 
 
@@ -225,17 +319,39 @@ def validate(config: TrainConfig) -> None:
         raise TrainConfigError(
             f"--eval-steps: got {config.eval_steps}; expected it only together with --eval-data (and no --no-evaluator)"
         )
-    if config.loss in GUIDED_LOSSES and config.guide_model is None:
-        raise TrainConfigError(f"--loss: got {config.loss} without --guide-model; expected a guide model for it")
-    if config.guide_model is not None and config.loss not in GUIDED_LOSSES:
-        raise TrainConfigError(f"--guide-model: got {config.guide_model!r} with loss {config.loss or 'default'}; "
+    check_sources(config.train_data, "--train-data")
+    check_sources(config.eval_data, "--eval-data")
+    asked = [config.source_loss(source) for source in config.train_data]
+    for source in config.train_data:
+        if config.source_loss(source) in GUIDED_LOSSES and config.guide_model is None:
+            where = f"--train-data: got {source.text!r}" if source.loss else f"--loss: got {config.loss}"
+            raise TrainConfigError(f"{where} without --guide-model; expected a guide model for it")
+    if config.guide_model is not None and not GUIDED_LOSSES.intersection(asked):
+        losses = "+".join(loss or "default" for loss in asked)
+        raise TrainConfigError(f"--guide-model: got {config.guide_model!r} with loss {losses}; "
                                f"expected it only with {' or '.join(sorted(GUIDED_LOSSES))}")
+    if config.matryoshka_dims is not None:
+        # Losses left to the data kind's default are checked once the data is loaded (data.check_matryoshka).
+        for source in config.train_data:
+            if config.source_loss(source) in FULL_DIMENSION_LOSSES:
+                raise TrainConfigError(matryoshka_refusal(config.matryoshka_dims, config.source_loss(source) or "",
+                                                          source))
+    if not config.gradient_sync and config.strategy != "ddp":
+        raise TrainConfigError(f"--no-gradient-sync: got it with {STRATEGY_ENV}={config.strategy}; expected it only "
+                               "with ddp (it skips DDP's gradient all-reduce)")
     if config.strategy == "fsdp" and config.use_evaluator:
         # The evaluator runs on one process, while FSDP needs every rank in every forward: it would hang or crash.
         raise TrainConfigError(
-            f"--eval-data: got {config.eval_data!r} with {STRATEGY_ENV}=fsdp; "
-            "expected --no-evaluator (the evaluator is not supported with FSDP yet)"
+            f"--eval-data: got {' '.join(repr(source.text) for source in config.eval_data)} with "
+            f"{STRATEGY_ENV}=fsdp; expected --no-evaluator (the evaluator is not supported with FSDP yet)"
         )
+
+
+def matryoshka_refusal(dims: Sequence[int], loss: str, source: DataSource) -> str:
+    """The one line refusing MatryoshkaLoss around a loss that needs the full embedding (SoftmaxLoss)."""
+    return (f"--matryoshka-dims: got {','.join(map(str, dims))} with {loss} for --train-data {source.text!r}; "
+            f"expected no --matryoshka-dims with {loss} (its classifier takes the full embedding dimension), or "
+            "another loss for that data")
 
 
 def parse_config(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> TrainConfig:
@@ -246,6 +362,7 @@ def parse_config(argv: Sequence[str] | None = None, environ: Mapping[str, str] |
     values = vars(ns)
     if values["max_steps"] is None and values["epochs"] is None:
         values["epochs"] = 1.0
+    values["train_data"], values["eval_data"] = tuple(values["train_data"]), tuple(values["eval_data"])
     config = TrainConfig(strategy=env.get(STRATEGY_ENV, "ddp").strip().lower() or "ddp", **values)
     try:
         validate(config)

@@ -14,16 +14,20 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 from stjobs.train.args import TrainConfigError
+
+# The loss table lives in stjobs.train.losses (stdlib only); these names are read from here too.
+from stjobs.train.losses import DEFAULT_LOSS as DEFAULT_LOSS
+from stjobs.train.losses import IN_BATCH_NEGATIVE_LOSSES as IN_BATCH_NEGATIVE_LOSSES
+from stjobs.train.losses import LOSS_KINDS as LOSS_KINDS
+from stjobs.train.losses import DataKind as DataKind
 
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
     from sentence_transformers.base.evaluation import BaseEvaluator
     from torch import nn
-
-DataKind = Literal["pairs", "triplets", "scored"]
 
 # Column order matters: sentence-transformers feeds the text columns to the loss in dataset order.
 KIND_COLUMNS: dict[DataKind, tuple[str, ...]] = {
@@ -33,28 +37,6 @@ KIND_COLUMNS: dict[DataKind, tuple[str, ...]] = {
 }
 TEXT_COLUMNS = frozenset({"anchor", "positive", "negative", "sentence1", "sentence2"})
 
-# Which data kinds each loss can learn from, and the default loss per kind.
-LOSS_KINDS: dict[str, frozenset[DataKind]] = {
-    "MultipleNegativesRankingLoss": frozenset({"pairs", "triplets"}),
-    "CachedMultipleNegativesRankingLoss": frozenset({"pairs", "triplets"}),
-    "MultipleNegativesSymmetricRankingLoss": frozenset({"pairs", "triplets"}),
-    "CachedMultipleNegativesSymmetricRankingLoss": frozenset({"pairs", "triplets"}),
-    "GISTEmbedLoss": frozenset({"pairs", "triplets"}),
-    "CachedGISTEmbedLoss": frozenset({"pairs", "triplets"}),
-    "CoSENTLoss": frozenset({"scored"}),
-    "CosineSimilarityLoss": frozenset({"scored"}),
-}
-DEFAULT_LOSS: dict[DataKind, str] = {
-    "pairs": "MultipleNegativesRankingLoss",
-    "triplets": "MultipleNegativesRankingLoss",
-    "scored": "CoSENTLoss",
-}
-# Losses whose negatives are the other rows of the batch: under data parallelism they gather every process's
-# embeddings by default (gather_across_devices), so 2 processes x B/2 rows see the negatives of 1 x B.
-IN_BATCH_NEGATIVE_LOSSES = frozenset({
-    "MultipleNegativesRankingLoss", "CachedMultipleNegativesRankingLoss", "MultipleNegativesSymmetricRankingLoss",
-    "CachedMultipleNegativesSymmetricRankingLoss", "GISTEmbedLoss", "CachedGISTEmbedLoss",
-})
 CACHED_MINI_BATCH_SIZE = 8
 FILE_BUILDERS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
 EVAL_SPLITS = ("validation", "dev", "eval", "test")

@@ -70,12 +70,12 @@ def train(config: TrainConfig) -> int:
 
     source = models.resolve_model_path(config.model)  # cheap, so a wrong --model fails before the data loads
     with state.main_process_first():
-        train_table, kind = data.prepare(data.load_table(config.train_data, "--train-data"), "--train-data")
+        train_table, kind = data.prepare(data.load_table(config.train_data[0].path, "--train-data"), "--train-data")
         eval_table, eval_kind = None, None
-        if config.use_evaluator and config.eval_data is not None:
-            eval_source = data.load_table(config.eval_data, "--eval-data", "eval")
+        if config.use_evaluator:
+            eval_source = data.load_table(config.eval_data[0].path, "--eval-data", "eval")
             eval_table, eval_kind = data.prepare(eval_source, "--eval-data")
-    loss_name = data.resolve_loss(kind, config.loss)
+    loss_name = data.resolve_loss(kind, config.source_loss(config.train_data[0]))
 
     with tempfile.TemporaryDirectory(prefix="stjobs-model-") as scratch:
         if source is None:
