@@ -31,7 +31,6 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 DOCS_V100_SAMPLES_PER_S = 2724.0  # the sentence-transformers docs, no parallelism, one V100
 GOAL_OVER_DOCS = 5.0
-MPNET_VOCAB = 30527  # microsoft/mpnet-base's vocabulary size: the embedding is the shape it is there
 
 
 def gpu_facts() -> dict[str, Any]:
@@ -52,34 +51,6 @@ def gpu_facts() -> dict[str, Any]:
                  precision=gpus.precision_for(capability),  # type: ignore[arg-type]
                  arch_flags=flags, kernels=bool(set(flags) & set(gpus.arch_flags_serving(capability))))  # type: ignore[arg-type]
     return facts
-
-
-def build_mpnet(texts: list[str], out: Path, dry: bool) -> Path:
-    """A SentenceTransformer with the mpnet-base architecture (12 layers, 768 wide) and random weights, with a
-    WordPiece tokenizer made from the training texts and padded to mpnet-base's vocabulary size. ``dry``: 2 x 64."""
-    import torch
-    from sentence_transformers import SentenceTransformer
-    from sentence_transformers.sentence_transformer.modules import Pooling, Transformer
-    from transformers import MPNetConfig, MPNetModel
-
-    from stjobs.train.models import tiny_vocab, wordpiece_tokenizer
-
-    vocab = tiny_vocab(texts, size=4000)
-    for index in range(len(vocab), MPNET_VOCAB):
-        vocab[f"[unused{index}]"] = index
-    fast = wordpiece_tokenizer(vocab, 512)
-    # Else MPNetConfig's defaults, which are mpnet-base's.
-    shape: dict[str, Any] = ({"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2,
-                              "intermediate_size": 128} if dry else {})
-    config = MPNetConfig(vocab_size=MPNET_VOCAB, pad_token_id=vocab["[PAD]"], **shape)
-    torch.manual_seed(0)
-    MPNetModel(config).save_pretrained(str(out / "hf"))
-    fast.save_pretrained(str(out / "hf"))
-    transformer = Transformer(str(out / "hf"), max_seq_length=512)
-    model_dir = out / "model"
-    SentenceTransformer(modules=[transformer, Pooling(transformer.get_embedding_dimension(), "mean")]).save(
-        str(model_dir))
-    return model_dir
 
 
 def run_job(name: str, strategy: str, gpus_here: int, model: Path, data: Path, out: Path, options: argparse.Namespace
@@ -139,13 +110,14 @@ def main(argv: list[str] | None = None) -> int:
         print("gpu_check: no GPU here; run with --dry to check the script on CPU", file=sys.stderr)
         return 2
     from stjobs.bench import variable_length_pairs
+    from stjobs.train.mpnet import build_mpnet
 
     with tempfile.TemporaryDirectory(prefix="stjobs-gpu-check-") as tmp:
         work = Path(tmp)
         os.environ.setdefault("STJOBS_HOME", str(work / "home"))
         data = variable_length_pairs(work / "data" / "train.jsonl", 400 if options.dry else 4000, seed=42)
         texts = [value for line in data.read_text().splitlines() for value in json.loads(line).values()]
-        model = build_mpnet(texts, work / "mpnet", options.dry)
+        model = build_mpnet(texts, work / "mpnet", "tiny" if options.dry else "base")
         rows = {name: run_job(name, strategy, gpus_here, model, data, work / "runs", options)
                 for name, strategy in (("single", "single"), ("fsdp", "fsdp"))}
     single = rows["single"].get("steady_samples_per_second")
