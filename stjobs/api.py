@@ -14,7 +14,8 @@ from stjobs.errors import SpecError, StjobsError
 from stjobs.launch import fsdp_note, option_value
 from stjobs.plan import no_world_write, write_plan
 from stjobs.spec import Strategy
-from stjobs.train.args import DEFAULT_PER_DEVICE_BATCH_SIZE, batch_options
+from stjobs.train.args import DEFAULT_PER_DEVICE_BATCH_SIZE, TrainConfigError, batch_options, data_sources
+from stjobs.train.losses import IN_BATCH_NEGATIVE_LOSSES, canonical_loss
 
 if TYPE_CHECKING:
     from stjobs.jobs import JobRecord, JobStatus
@@ -59,8 +60,10 @@ def gpu_note(spec: JobSpec) -> str | None:
 
 
 def batch_note(spec: JobSpec) -> str | None:
-    """For the built-in training: the batch per device and per step, stated once where the user reads the plan."""
-    options = batch_options(spec.entrypoint.args) if spec.entrypoint.module == "stjobs.train" else None
+    """For the built-in training: the batch per device and per step, stated once where the user reads the plan; a
+    --global-batch-size that the devices cannot share evenly is refused here, before anything is written."""
+    args = spec.entrypoint.args
+    options = batch_options(args) if spec.entrypoint.module == "stjobs.train" else None
     if options is None:
         return None
     # DataParallel: one process, and the Trainer puts a per-device batch on each of the node's GPUs.
@@ -68,13 +71,39 @@ def batch_note(spec: JobSpec) -> str | None:
     unit = "GPU(s), one process" if spec.strategy is Strategy.dp else "process(es)"
     if options.global_batch_size is not None:
         total = options.global_batch_size
+        if total % devices:
+            below, above = total // devices * devices, (total // devices + 1) * devices
+            nearest = f"{below} or {above}" if below else str(above)
+            raise SpecError("entrypoint.args", f"--global-batch-size {total}",
+                            f"a multiple of the {devices} {unit.split(',')[0]} that share it (each takes an equal "
+                            f"share), e.g. {nearest}")
         per = total // devices
     else:
         per = options.per_device_batch_size or DEFAULT_PER_DEVICE_BATCH_SIZE
         total = per * devices
-    gather = f"; losses with in-batch negatives see all {total} rows" \
-        if spec.world_size > 1 and options.gather_across_devices else ""
+    gather = in_batch_note(tuple(args), total) if spec.world_size > 1 and options.gather_across_devices else ""
     return f"batch: {per} per device x {devices} {unit} = {total} per step{gather}"
+
+
+def in_batch_note(args: tuple[str, ...], total: int) -> str:
+    """What the step's rows are to the loss, true for the losses the command names: only losses with in-batch
+    negatives gather every process's rows (gather_across_devices). Without a loss in the command the data's kind
+    decides it at run time, which a pure render does not read, so the note says which kinds that is."""
+    try:
+        sources = data_sources(args, "--train-data")
+    except TrainConfigError:
+        return ""  # the training reports the bad value itself, in one line
+    default = canonical_loss(option_value(args, "--loss") or "")
+    losses = [(source.name, source.loss or default) for source in sources] or [(None, default)]
+    if any(loss is None for _, loss in losses):
+        return (f"; losses with in-batch negatives (the default for pairs and triplets data) see all {total} "
+                "rows; the others score each row alone")
+    gathering = [(name, loss) for name, loss in losses if loss in IN_BATCH_NEGATIVE_LOSSES]
+    if len(losses) == 1:
+        return f"; {gathering[0][1]} sees all {total} rows as in-batch negatives" if gathering else ""
+    # Several datasets: each step's batch comes from one of them, so a gathering loss sees that step's rows.
+    return "".join(f"; {name}'s {loss} sees all {total} rows of its steps as in-batch negatives"
+                   for name, loss in gathering)
 
 
 def render_job(spec: JobSpec, backend: str = "local", k8s_schemas: str | Path | None = None) -> Plan:

@@ -23,6 +23,7 @@ from pathlib import Path
 from stjobs.errors import SpecError
 from stjobs.jobs import stjobs_home
 from stjobs.spec import JobSpec
+from stjobs.train.args import TrainConfigError, data_sources
 
 CODE_DIR = "code"
 # Never code, and often huge: skipped when the workdir is not a git work tree.
@@ -76,17 +77,19 @@ def _refuse_missing_data(spec: JobSpec, snapshot: Snapshot) -> None:
     """A relative data file the workdir has but the copy lacks (git ignores it) would fail only in the job."""
     if spec.entrypoint.module != "stjobs.train":
         return
-    args, kept = list(spec.entrypoint.args), set(snapshot.files)
-    for index, arg in enumerate(args):
-        option, _, value = arg.partition("=")
-        if option not in DATA_OPTIONS:
-            continue
-        value = value or (args[index + 1] if index + 1 < len(args) else "")
-        if value and not os.path.isabs(value) and (snapshot.root / value).is_file() \
-                and os.path.normpath(value) not in kept:
-            raise SpecError("entrypoint.args", f"{option} {value}", "a data file the job can read: the job runs "
-                            "from a copy of the workdir's code, which leaves out files git ignores; give an "
-                            "absolute path, or set snapshot.enabled: false")
+    kept = set(snapshot.files)
+    for option in DATA_OPTIONS:
+        try:
+            sources = data_sources(spec.entrypoint.args, option)
+        except TrainConfigError:
+            continue  # a malformed value: the training names it in one line
+        for source in sources:  # [NAME=]PATH[:LOSS]: only the path is a file
+            value = source.path
+            if not os.path.isabs(value) and (snapshot.root / value).is_file() \
+                    and os.path.normpath(value) not in kept:
+                raise SpecError("entrypoint.args", f"{option} {source.text}", "a data file the job can read: the "
+                                "job runs from a copy of the workdir's code, which leaves out files git ignores; "
+                                "give an absolute path, or set snapshot.enabled: false")
 
 
 def copy_snapshot(snapshot: Snapshot, job_dir: Path) -> Path:

@@ -218,13 +218,39 @@ def test_plan_states_the_batch_per_process_and_per_step() -> None:
         spec = stjobs.load_spec(EXAMPLES / "gpu-2x8.yaml", overrides=list(changes.items()))
         return [n for n in stjobs.render(spec, "slurm").notes if n.startswith("batch:")]
 
-    assert note() == ["batch: 64 per device x 16 process(es) = 1024 per step; losses with in-batch negatives "
-                      "see all 1024 rows"]
-    assert note(**{"entrypoint.args": ["--model", "m", "--train-data", "t", "--global-batch-size", "512"]}) == [
-        "batch: 32 per device x 16 process(es) = 512 per step; losses with in-batch negatives see all 512 rows"]
+    # No --loss: the data's kind decides at run time, so the note says which losses gather the rows.
+    assert note() == ["batch: 64 per device x 16 process(es) = 1024 per step; losses with in-batch negatives (the "
+                      "default for pairs and triplets data) see all 1024 rows; the others score each row alone"]
+    assert note(**{"entrypoint.args": ["--model", "m", "--train-data", "t", "--global-batch-size", "512",
+                                       "--loss", "mnrl"]}) == [
+        "batch: 32 per device x 16 process(es) = 512 per step; MultipleNegativesRankingLoss sees all 512 rows as "
+        "in-batch negatives"]
+    # Losses that score each row alone get no such statement, whether named by --loss or per dataset.
+    assert note(**{"entrypoint.args": ["--train-data", "t", "--loss", "CoSENTLoss"]}) == [
+        "batch: 16 per device x 16 process(es) = 256 per step"]
+    assert note(**{"entrypoint.args": ["--train-data", "nli=n.jsonl:softmax", "--train-data=stsb=s.jsonl:cosine"]}) \
+        == ["batch: 16 per device x 16 process(es) = 256 per step"]
+    assert note(**{"entrypoint.args": ["--train-data", "nli=n.jsonl:softmax", "--train-data", "qa=q.jsonl",
+                                       "--loss", "mnrl"]}) == [
+        "batch: 16 per device x 16 process(es) = 256 per step; qa's MultipleNegativesRankingLoss sees all 256 rows "
+        "of its steps as in-batch negatives"]
+    assert note(**{"entrypoint.args": ["--train-data", "t", "--loss", "mnrl", "--no-gather-across-devices"]}) == [
+        "batch: 16 per device x 16 process(es) = 256 per step"]
     assert note(**{"entrypoint.args": ["--per-device-batch-size=8"]})[0].startswith("batch: 8 per device x 16 ")
     dp = note(**{"strategy": "dp", "nodes": 1, "procs_per_node": 1, "entrypoint.args": ["--per-device-batch-size",
                                                                                          "8"]})
     assert dp == ["batch: 8 per device x 8 GPU(s), one process = 64 per step"]
     single = stjobs.load_spec(EXAMPLES / "tiny-ddp.yaml", overrides=[("procs_per_node", 1), ("strategy", "single")])
     assert [n for n in stjobs.render(single, "local").notes if n.startswith("batch:")][0].endswith("per step")
+
+
+def test_a_global_batch_the_processes_cannot_share_is_refused_at_render() -> None:
+    from stjobs.errors import SpecError
+
+    spec = stjobs.load_spec(EXAMPLES / "tiny-ddp.yaml", overrides=[
+        ("procs_per_node", 4), ("entrypoint.args", ["--model", "tiny-bert", "--train-data", "t",
+                                                    "--global-batch-size", "66"])])
+    with pytest.raises(SpecError) as refused:
+        stjobs.render(spec, "local")
+    assert str(refused.value) == ("entrypoint.args: got '--global-batch-size 66'; expected a multiple of the 4 "
+                                  "process(es) that share it (each takes an equal share), e.g. 64 or 68")

@@ -85,6 +85,13 @@ def test_data_the_copy_would_lack_is_refused_at_submit(tmp_path: Path) -> None:
     absolute = stjobs.load_spec(root / "job.yaml", overrides=[
         ("entrypoint", {"module": "stjobs.train", "args": [f"--train-data={root}/data/big.jsonl"]})])
     assert plan_snapshot(absolute, root) is not None
+    # A named dataset with its own loss is the same file: NAME= and :LOSS are not part of the path.
+    named = stjobs.load_spec(root / "job.yaml", overrides=[
+        ("entrypoint", {"module": "stjobs.train", "args": ["--train-data", "qa=train.py:mnrl",
+                                                           "--train-data", "nli=data/big.jsonl:softmax"]})])
+    with pytest.raises(SpecError) as refused:
+        plan_snapshot(named, root)
+    assert "--train-data nli=data/big.jsonl:SoftmaxLoss" in str(refused.value)
 
 
 def submit_and_edit(root: Path, *flags: str) -> str:
