@@ -65,9 +65,13 @@ def resolve_model_path(name: str) -> str | None:
 
 
 def training_texts(table: Any, kind: str) -> list[str]:
-    """Every text of the data in a fixed order (row by row, column by column): the tiny model's vocabulary input."""
-    columns = ["sentence1", "sentence2"] if kind == "scored" else [c for c in ("anchor", "positive", "negative")
-                                                                   if c in table.column_names]
+    """Every text of the (prepared) data in a fixed order (row by row, column by column): the tiny model's
+    vocabulary input. ``kind`` only says which columns hold text: ``scored``/``labelled`` a pair, else an anchor."""
+    from stjobs.train.data import TEXT_COLUMNS
+
+    columns = [c for c in table.column_names if c in TEXT_COLUMNS]
+    if not columns:
+        raise TrainConfigError(f"--train-data: {kind} data has no text columns; expected prepared data")
     texts: list[str] = []
     for row in table.select_columns(columns).iter(batch_size=1000):
         for values in zip(*(row[c] for c in columns), strict=True):

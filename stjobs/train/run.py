@@ -26,8 +26,9 @@ import sys
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
-from stjobs.train import distributed, events, trainer
+from stjobs.train import checkpoints, data, distributed, events, objectives, trainer
 from stjobs.train.args import TrainConfig, TrainConfigError, parse_config
 
 
@@ -38,6 +39,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("TQDM_DISABLE", "1")  # batch job: the events report progress, bars only garble logs
     try:
         check_cpus()
+        if already_complete(config):
+            return 0
         return train(config)
     except TrainConfigError as exc:
         print(f"stjobs.train: error: {exc}", file=sys.stderr, flush=True)
@@ -55,11 +58,29 @@ def check_cpus() -> None:
                                "--cpus-per-task (stjobs' batch file does) or export SRUN_CPUS_PER_TASK")
 
 
+def already_complete(config: TrainConfig) -> bool:
+    """True when ``final`` already holds this run's model (its marker says it reached the planned length): then no
+    rank trains. Every rank reads the same file before any joins the process group, so all agree without talking."""
+    if not config.resume:
+        return False
+    record = checkpoints.finished_run(config.final_dir, config.max_steps, config.epochs)
+    if record is None:
+        return False
+    if events.global_rank() == 0:
+        final, step = str(config.final_dir.resolve()), record["global_step"]
+        events.emit("already_complete", rank=0, step=step, path=final, max_steps=record.get("max_steps"),
+                    epochs=record.get("epochs"))
+        planned = f"--max-steps {config.max_steps}" if config.max_steps is not None else f"--epochs {config.epochs:g}"
+        print(f"stjobs.train: {final} already holds the model trained to step {step} ({planned}); nothing to train. "
+              "To train again from scratch: --no-resume, or a new --output-dir", flush=True)
+    return True
+
+
 def train(config: TrainConfig) -> int:
     """One rank's whole run, steps 2 to 4 above; raises TrainConfigError for a problem found on the way."""
     import torch
 
-    from stjobs.train import data, models
+    from stjobs.train import models
 
     preemption, state = distributed.join(config)
     rank, world, local_rank = state.process_index, state.num_processes, state.local_process_index
@@ -70,12 +91,9 @@ def train(config: TrainConfig) -> int:
 
     source = models.resolve_model_path(config.model)  # cheap, so a wrong --model fails before the data loads
     with state.main_process_first():
-        train_table, kind = data.prepare(data.load_table(config.train_data[0].path, "--train-data"), "--train-data")
-        eval_table, eval_kind = None, None
-        if config.use_evaluator:
-            eval_source = data.load_table(config.eval_data[0].path, "--eval-data", "eval")
-            eval_table, eval_kind = data.prepare(eval_source, "--eval-data")
-    loss_name = data.resolve_loss(kind, config.source_loss(config.train_data[0]))
+        train_sets = data.load_train_data(config)
+        eval_sets = data.load_eval_data(config) if config.use_evaluator else []
+    loss_names = [item.loss or "" for item in train_sets]
 
     with tempfile.TemporaryDirectory(prefix="stjobs-model-") as scratch:
         if source is None:
@@ -85,21 +103,25 @@ def train(config: TrainConfig) -> int:
             if rank == 0:
                 init_dir = config.output_dir / models.TINY_INIT_DIR
                 if not (config.resume and (init_dir / "modules.json").is_file()):
-                    models.build_tiny_model(models.training_texts(train_table, kind), init_dir, config.seed)
+                    texts = [text for item in train_sets for text in models.training_texts(item.table, item.kind)]
+                    models.build_tiny_model(texts, init_dir, config.seed)
             source = str(models.share_directory(init_dir, Path(scratch)))
         model = models.load_model(source, config.max_seq_length)
         # Decided while the files are still there: on ranks > 0 the tiny model lives in the scratch dir.
         if config.learning_rate is None:
             config = dataclasses.replace(config, learning_rate=models.default_learning_rate(source))
+    objectives.check_matryoshka_dims(config.matryoshka_dims, model, config.model)
 
     import torch.distributed as dist
 
+    in_batch = [name in data.IN_BATCH_NEGATIVE_LOSSES for name in loss_names]
     events.emit("start", rank=rank, world_size=world, local_rank=local_rank, strategy=config.strategy,
                 backend=dist.get_backend() if dist.is_initialized() else None, model=config.model,
-                train_rows=len(train_table), kind=kind, loss=loss_name, learning_rate=config.learning_rate,
+                train_rows=sum(len(item.table) for item in train_sets),
+                kind="+".join(item.kind for item in train_sets), loss="+".join(loss_names),
+                datasets=[item.describe() for item in train_sets], learning_rate=config.learning_rate,
                 per_device_batch_size=per_device, global_batch_size=global_batch,
-                gather_across_devices=config.gather_across_devices and world > 1
-                and loss_name in data.IN_BATCH_NEGATIVE_LOSSES,
+                gather_across_devices=config.gather_across_devices and world > 1 and any(in_batch),
                 # Which node this rank ran on: SLURM's node name (several nodes may share one host in tests).
                 node=os.environ.get("SLURMD_NODENAME") or socket.gethostname(),
                 # What the scheduler gave this rank: its CPUs, and the GPUs it sees with the one it drives.
@@ -115,13 +137,34 @@ def train(config: TrainConfig) -> int:
         if unused and rank == 0:
             events.emit("unused", rank=rank, parameters=unused, ignored_by_ddp=ignored)
     guide = models.load_model(config.guide_model, config.max_seq_length) if config.guide_model else None
-    loss = data.build_loss(loss_name, model, world, config.gather_across_devices, per_device, guide)
-    evaluator = (data.build_evaluator(eval_table, eval_kind, trainer.EVAL_BATCH_SIZE)
-                 if eval_table is not None and eval_kind is not None else None)
+    # Losses with weights of their own (SoftmaxLoss's classifier) draw them here: the same seed on every rank gives
+    # every rank the same start (DDP only keeps the model's parameters in step; see trainer.fit).
+    torch.manual_seed(config.seed)
+    losses = [data.build_loss(item.loss or "", model, world, config.gather_across_devices, per_device, guide,
+                              item.num_labels, config.matryoshka_dims) for item in train_sets]
+    evaluator = build_evaluator(eval_sets, rank)
     try:
-        return trainer.fit(config, source, model, train_table, loss, loss_name, evaluator, preemption, rank, world)
+        return trainer.fit(config, source, model, train_sets, losses, evaluator, preemption, rank, world)
     finally:
         # Leave the process group before exit: a rank that exits holding it can abort in the C++ destructors
         # ("terminate called without an active exception"), and the other node waits at torchrun's barrier.
         if dist.is_initialized():
             dist.destroy_process_group()
+
+
+def build_evaluator(eval_sets: list[data.LoadedData], rank: int) -> Any:
+    """The evaluator of each held-out source of a kind that has one (named after its source when there are
+    several), in order; None, saying so once, when none has."""
+    built = []
+    several = sum(item.kind not in objectives.NO_EVALUATOR_KINDS for item in eval_sets) > 1
+    for item in eval_sets:
+        # One evaluator keeps its metric names unprefixed (spearman_cosine, cosine_ndcg@10), as before.
+        name = (item.source.name or "") if several else ""
+        evaluator = objectives.build_evaluator(item.table, item.kind, trainer.EVAL_BATCH_SIZE, name)
+        if evaluator is None and rank == 0:
+            events.emit("no_evaluator", rank=rank, data=item.source.text, kind=item.kind)
+            print(f"stjobs.train: {item.option} {item.source.path}: {item.kind} data has no evaluator here; it is not "
+                  "evaluated", file=sys.stderr, flush=True)
+        if evaluator is not None:
+            built.append(evaluator)
+    return objectives.combine_evaluators(built)

@@ -12,15 +12,21 @@ so 2 processes x B/2 rows get, step for step, the same rows as 1 process x B (th
 
 For in-batch-negative losses a batch never holds the same text twice (it would be its own negative): a row whose
 text is already in the batch being filled moves to the next one.
+
+Several datasets (each with its own loss): every dataset gets its own sampler (:class:`DatasetBatchSamplers`), and
+the choice of dataset is made per step, so the ranks of one step all train the same dataset and loss
+(:class:`StepProportionalBatchSampler`, :class:`StepRoundRobinBatchSampler`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from itertools import accumulate
 from typing import Any
 
 import torch
-from sentence_transformers.base.sampler import DefaultBatchSampler
+from sentence_transformers.base.sampler import DefaultBatchSampler, ProportionalBatchSampler, RoundRobinBatchSampler
+from torch.utils.data import SubsetRandomSampler
 
 from stjobs.train.data import TEXT_COLUMNS
 
@@ -115,3 +121,102 @@ class UniqueTextBatchSampler(LengthGroupedBatchSampler):
     """
 
     unique_texts = True
+
+
+class DatasetBatchSamplers:
+    """``batch_sampler`` of a multi-dataset run: sentence-transformers calls it once per dataset of the
+    DatasetDict, with the same arguments as a sampler class; each dataset gets the sampler its loss needs (unique
+    texts only where the loss takes the batch as negatives). The datasets are told apart by identity: the Trainer
+    passes the very objects it was given (it adds the dataset-name column in place).
+
+    A module-level class with plain attributes, so the Trainer can pickle its arguments into a checkpoint.
+    """
+
+    def __init__(self, in_batch_negatives: dict[int, bool], group_by_length: bool) -> None:
+        self.in_batch_negatives = in_batch_negatives  # id(dataset) -> its loss has in-batch negatives
+        self.group_by_length = group_by_length
+
+    def __call__(self, dataset: Any, batch_size: int, drop_last: bool, valid_label_columns: list[str] | None = None,
+                 generator: torch.Generator | None = None, seed: int = 0) -> Any:
+        from sentence_transformers.base.sampler import NoDuplicatesBatchSampler
+        from torch.utils.data import RandomSampler
+
+        if id(dataset) not in self.in_batch_negatives:
+            raise RuntimeError("the Trainer asked for a batch sampler of a dataset it was not given (did "
+                               "sentence-transformers start copying the datasets of a DatasetDict?)")
+        unique = self.in_batch_negatives[id(dataset)]
+        kwargs: dict[str, Any] = {"batch_size": batch_size, "drop_last": drop_last,
+                                  "valid_label_columns": valid_label_columns, "generator": generator, "seed": seed}
+        if self.group_by_length:
+            return (UniqueTextBatchSampler if unique else LengthGroupedBatchSampler)(dataset, **kwargs)
+        if unique:
+            return NoDuplicatesBatchSampler(dataset, **kwargs)
+        return DefaultBatchSampler(RandomSampler(dataset, generator=generator), **kwargs)
+
+
+def _offsets(dataset: Any) -> list[int]:
+    """Where each dataset of a ConcatDataset starts in it."""
+    return [0, *accumulate(len(part) for part in dataset.datasets)]
+
+
+def _full_steps(sampler: Any, world: int) -> list[list[list[int]]]:
+    """The sampler's batches cut into steps of ``world`` consecutive batches; a last, short step is dropped: it would
+    put batches of two datasets into one step."""
+    batches = list(sampler)
+    return [batches[i:i + world] for i in range(0, len(batches) - world + 1, world)]
+
+
+class StepProportionalBatchSampler(ProportionalBatchSampler):
+    """sentence-transformers' proportional choice of dataset, made per step instead of per batch.
+
+    accelerate deals consecutive batches to the ranks of one step. Drawn per batch, the ranks of one step would get
+    batches of different datasets: one rank in SoftmaxLoss, another in MultipleNegativesRankingLoss, which gathers
+    embeddings from all ranks while the other never joins that all-gather. Here each step's ``world`` batches come
+    from one dataset; with one process the order is exactly sentence-transformers'.
+    """
+
+    def __iter__(self) -> Iterator[list[int]]:
+        world = _world_size()
+        if world == 1:
+            yield from super().__iter__()
+            return
+        if self.generator is not None and self.seed is not None:
+            self.generator.manual_seed(self.seed + self.epoch)
+        offsets = _offsets(self.dataset)
+        steps = [_full_steps(sampler, world) for sampler in self.batch_samplers]
+        which = [index for index, own in enumerate(steps) for _ in own]
+        taken = [iter(own) for own in steps]
+        for index in SubsetRandomSampler(which, generator=self.generator):
+            for batch in next(taken[index]):
+                yield [i + offsets[index] for i in batch]
+
+    def __len__(self) -> int:
+        world = _world_size()
+        return sum(len(sampler) // world * world for sampler in self.batch_samplers)
+
+
+class StepRoundRobinBatchSampler(RoundRobinBatchSampler):
+    """sentence-transformers' round robin over the datasets, one step (``world`` batches) at a time; see
+    :class:`StepProportionalBatchSampler` for why."""
+
+    def __iter__(self) -> Iterator[list[int]]:
+        world = _world_size()
+        if world == 1:
+            yield from super().__iter__()
+            return
+        if self.generator is not None and self.seed is not None:
+            self.generator.manual_seed(self.seed + self.epoch)
+        offsets = _offsets(self.dataset)
+        steps = [_full_steps(sampler, world) for sampler in self.batch_samplers]
+        for round_ in zip(*steps, strict=False):
+            for index, step in enumerate(round_):
+                for batch in step:
+                    yield [i + offsets[index] for i in batch]
+
+    def __len__(self) -> int:
+        world = _world_size()
+        return min(len(sampler) // world for sampler in self.batch_samplers) * world * len(self.batch_samplers)
+
+
+MULTI_DATASET_SAMPLER_CLASSES = {"proportional": StepProportionalBatchSampler,
+                                 "round_robin": StepRoundRobinBatchSampler}

@@ -15,28 +15,37 @@ import signal
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from stjobs.gpus import resolve_precision
 from stjobs.train import events
 from stjobs.train.args import DEFAULT_PER_DEVICE_BATCH_SIZE, TrainConfig, TrainConfigError
-from stjobs.train.checkpoints import newest_checkpoint
+from stjobs.train.checkpoints import clear_run_marker, newest_checkpoint, write_run_marker
 from stjobs.train.distributed import Preemption, agreed, expected_strategy, strategy_that_ran
+
+if TYPE_CHECKING:
+    from stjobs.train.data import LoadedData
 
 # Both the evaluator's own encode batches (built in run.train) and the Trainer's per-device eval batch.
 EVAL_BATCH_SIZE = 32
 
 
 def training_args(config: TrainConfig, source: str, model: Any, world: int, in_batch_negatives: bool,
-                  evaluate: bool) -> Any:
-    """The Trainer's arguments for this run: strategy, precision, batch sampler, schedule, saving and logging."""
+                  evaluate: bool, datasets: dict[int, bool] | None = None) -> Any:
+    """The Trainer's arguments for this run: strategy, precision, batch sampler, schedule, saving and logging.
+    ``datasets``: a multi-dataset run's {id(dataset): its loss has in-batch negatives} (see sampler.py)."""
     import torch
     from sentence_transformers import SentenceTransformerTrainingArguments
     from sentence_transformers.base.sampler import BatchSamplers
 
     from stjobs.launch import LAYER_CLASS_ENV, fsdp_settings
     from stjobs.train.models import fsdp_layer_class
-    from stjobs.train.sampler import LengthGroupedBatchSampler, UniqueTextBatchSampler
+    from stjobs.train.sampler import (
+        MULTI_DATASET_SAMPLER_CLASSES,
+        DatasetBatchSamplers,
+        LengthGroupedBatchSampler,
+        UniqueTextBatchSampler,
+    )
 
     on_gpu = torch.cuda.is_available()
     parallel: dict[str, Any] = {}
@@ -68,6 +77,11 @@ def training_args(config: TrainConfig, source: str, model: Any, world: int, in_b
     else:
         # In-batch negatives: a duplicate text in a batch would be scored as a negative of itself.
         sampler = BatchSamplers.NO_DUPLICATES if in_batch_negatives else BatchSamplers.BATCH_SAMPLER
+    multi: dict[str, Any] = {}
+    if datasets is not None:
+        # Each dataset its own sampler, and one dataset per step for all ranks (see sampler.py).
+        sampler = DatasetBatchSamplers(datasets, config.group_by_length)
+        multi = {"multi_dataset_batch_sampler": MULTI_DATASET_SAMPLER_CLASSES[config.multi_dataset_sampler]}
     return SentenceTransformerTrainingArguments(
         output_dir=str(config.checkpoint_dir),
         per_device_train_batch_size=config.per_device_batch_size or DEFAULT_PER_DEVICE_BATCH_SIZE,
@@ -83,7 +97,7 @@ def training_args(config: TrainConfig, source: str, model: Any, world: int, in_b
         save_total_limit=config.save_total_limit,
         logging_strategy="steps",
         logging_steps=config.logging_steps,
-        eval_strategy="steps" if config.eval_steps else "no",
+        eval_strategy="steps" if config.eval_steps and evaluate else "no",
         eval_steps=config.eval_steps,
         # The "before" evaluation runs inside train(), after the model is wrapped: a trainer.evaluate() before
         # train() marks the bare model as prepared, and accelerate then skips the DDP wrapper for training
@@ -103,23 +117,92 @@ def training_args(config: TrainConfig, source: str, model: Any, world: int, in_b
         # The spec's nccl.timeout_s: a hung collective fails the job instead of holding the allocation.
         ddp_timeout=int(os.environ.get("STJOBS_PG_TIMEOUT_S", "1800")),
         **parallel,
+        **multi,
     )
 
 
-def fit(config: TrainConfig, source: str, model: Any, train_table: Any, loss: Any, loss_name: str,
+def fit(config: TrainConfig, source: str, model: Any, train_sets: list[LoadedData], losses: list[Any],
         evaluator: Any, preemption: Preemption, rank: int, world: int) -> int:
     """Train (resuming when a complete checkpoint exists), evaluate and save ``final``; the exit status (0 also
-    when preempted: the checkpoint is saved and the next run resumes from it)."""
+    when preempted: the checkpoint is saved and the next run resumes from it). Several ``train_sets`` train as
+    sentence-transformers' multi-dataset training: a DatasetDict and a dict of losses, keyed by the sources' names."""
+    import torch
     from sentence_transformers import SentenceTransformerTrainer
     from transformers import TrainerCallback
     from transformers.trainer_callback import PrinterCallback
 
-    from stjobs.train.data import IN_BATCH_NEGATIVE_LOSSES
+    from stjobs.train.losses import IN_BATCH_NEGATIVE_LOSSES
     from stjobs.train.models import load_model
+    from stjobs.train.objectives import primary_metric
 
-    args = training_args(config, source, model, world, loss_name in IN_BATCH_NEGATIVE_LOSSES, evaluator is not None)
+    in_batch = {id(item.table): item.loss in IN_BATCH_NEGATIVE_LOSSES for item in train_sets}
+    names = [item.source.name or "" for item in train_sets]
+    several = len(train_sets) > 1
+    if several:
+        import datasets
+
+        train_dataset: Any = datasets.DatasetDict({name: item.table for name, item in zip(names, train_sets,
+                                                                                           strict=True)})
+        loss: Any = dict(zip(names, losses, strict=True))
+    else:
+        train_dataset, loss = train_sets[0].table, losses[0]
+    args = training_args(config, source, model, world, any(in_batch.values()), evaluator is not None,
+                         in_batch if several else None)
+    # Weights of the losses themselves (SoftmaxLoss's classifier): sentence-transformers puts them into the
+    # optimizer, but DDP wraps only the model, so their gradients are not all-reduced (see Trainer.training_step).
+    in_model = {id(param) for param in model.parameters()}
+    loss_weights = [param for module in losses for param in module.parameters()
+                    if param.requires_grad and id(param) not in in_model]
 
     class Trainer(SentenceTransformerTrainer):
+        def __init__(self, *pos: Any, **named: Any) -> None:
+            super().__init__(*pos, **named)
+            # A multi-dataset run's loss per dataset since the last log: sums (on the device) and batch counts.
+            self.dataset_sums: dict[str, Any] = {}
+            self.dataset_counts: dict[str, int] = {}
+            self.logged_losses: dict[str, float] = {}
+
+        def compute_loss(self, model: Any, inputs: dict[str, Any], return_outputs: bool = False,
+                         num_items_in_batch: Any = None) -> Any:
+            # sentence-transformers' multi-dataset collator puts the batch's dataset name into the inputs (and
+            # its compute_loss pops it to pick the loss), so read it first.
+            name = inputs.get("dataset_name") if several else None
+            result = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+            if name is not None and not return_outputs and model.training:
+                value = (result[0] if isinstance(result, tuple) else result).detach().float()
+                self.dataset_sums[name] = self.dataset_sums.get(name, 0) + value
+                self.dataset_counts[name] = self.dataset_counts.get(name, 0) + 1
+            return result
+
+        def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+            # Every rank logs at the same step (the Trainer gathers the loss there), so the per-dataset means can
+            # be summed over the ranks here, for the loss event on_log writes.
+            if several and "loss" in logs:
+                totals = torch.tensor([[float(self.dataset_sums.get(name, 0.0)), self.dataset_counts.get(name, 0)]
+                                       for name in names], dtype=torch.float64, device=self.args.device)
+                if world > 1 and torch.distributed.is_initialized():
+                    torch.distributed.all_reduce(totals)
+                self.logged_losses = {name: float(total / count) for name, (total, count)
+                                      in zip(names, totals.tolist(), strict=True) if count}
+                self.dataset_sums, self.dataset_counts = {}, {}
+            super().log(logs, start_time)
+
+        def training_step(self, model: Any, inputs: dict[str, Any], num_items_in_batch: Any = None) -> Any:
+            wrapped = self.model_wrapped
+            if not config.gradient_sync and isinstance(wrapped, torch.nn.parallel.DistributedDataParallel):
+                # --no-gradient-sync: a benchmark bound, each rank trains its own copy.
+                with wrapped.no_sync():
+                    return super().training_step(model, inputs, num_items_in_batch)
+            step_loss = super().training_step(model, inputs, num_items_in_batch)
+            if world > 1 and torch.distributed.is_initialized():
+                # Without this each rank would train its own classifier on its own batches. Every rank of a step
+                # trains the same dataset (sampler.py), so all hold gradients for the same weights here.
+                for param in loss_weights:
+                    if param.grad is not None:
+                        torch.distributed.all_reduce(param.grad)
+                        param.grad /= world
+            return step_loss
+
         def _save(self, output_dir: str | None = None, state_dict: Any = None) -> None:
             # sentence-transformers' _save assumes it only runs on the main process, but transformers 5 calls it
             # on every rank (for sharded saves); without this guard all ranks write the same files at once.
@@ -156,8 +239,9 @@ def fit(config: TrainConfig, source: str, model: Any, train_table: Any, loss: An
             ran = strategy_that_ran(str(distributed_type), wrapper)
             as_requested = ran == expected_strategy(config.strategy, world)
             precision = "bf16" if args.bf16 else "fp16" if args.fp16 else "fp32"
+            sync: dict[str, Any] = {} if config.gradient_sync else {"gradient_sync": False}
             events.emit("wrapped", rank=rank, distributed_type=str(distributed_type), model_wrapper=wrapper,
-                        requested=config.strategy, ran=ran, as_requested=as_requested, precision=precision)
+                        requested=config.strategy, ran=ran, as_requested=as_requested, precision=precision, **sync)
             if not as_requested and rank == 0:
                 # accelerate turns an FSDP request into plain DDP on CPU-only machines without saying so, and
                 # DataParallel with fewer than two GPUs is one plain process.
@@ -167,11 +251,12 @@ def fit(config: TrainConfig, source: str, model: Any, train_table: Any, loss: An
         def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, float] | None = None,
                    **kwargs: Any) -> None:
             if state.is_world_process_zero and logs and "loss" in logs:
-                events.emit("loss", rank=rank, step=state.global_step, loss=float(logs["loss"]))
+                per_dataset = {"losses": self.trainer.logged_losses} if several else {}
+                events.emit("loss", rank=rank, step=state.global_step, loss=float(logs["loss"]), **per_dataset)
 
         def on_evaluate(self, args: Any, state: Any, control: Any, metrics: dict[str, float] | None = None,
                         **kwargs: Any) -> None:
-            name = getattr(evaluator, "primary_metric", None)
+            name = primary_metric(evaluator)
             if rank != 0 or not metrics or not name:
                 return  # rank 0 alone runs the evaluator, so only it knows the metric's name
             score = metrics.get(f"eval_{name}", metrics.get(name))
@@ -196,7 +281,7 @@ def fit(config: TrainConfig, source: str, model: Any, train_table: Any, loss: An
                 self.preempted_at = state.global_step
 
     callback = Events()
-    trainer = Trainer(model=model, args=args, train_dataset=train_table, loss=loss, evaluator=evaluator,
+    trainer = Trainer(model=model, args=args, train_dataset=train_dataset, loss=loss, evaluator=evaluator,
                       callbacks=[callback])
     callback.trainer = trainer
     trainer.remove_callback(PrinterCallback)  # it would print every log dict again next to the loss events
@@ -209,6 +294,8 @@ def fit(config: TrainConfig, source: str, model: Any, train_table: Any, loss: An
     if checkpoint is not None:
         events.emit("resumed", rank=rank, checkpoint=str(checkpoint.resolve()),
                     step=int(checkpoint.name.removeprefix("checkpoint-")))
+    if rank == 0:
+        clear_run_marker(config.final_dir)  # `final` is this run's from now on (see checkpoints.RUN_MARKER)
     trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
 
     if callback.preempted_at is not None:
@@ -241,6 +328,8 @@ def fit(config: TrainConfig, source: str, model: Any, train_table: Any, loss: An
     trainer.accelerator.wait_for_everyone()
     if rank == 0:
         final = str(config.final_dir.resolve())
+        write_run_marker(config.final_dir, trainer.state.global_step, config.max_steps, config.epochs,
+                         [source.text for source in config.train_data])
         events.emit("saved", rank=rank, path=final)
         print(events.summary(steps, runtime, throughput, global_batch, callback.metric, callback.scores, final),
               flush=True)
