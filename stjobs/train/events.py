@@ -3,28 +3,37 @@
 Every event is one stdout line ``STJOBS_EVENT {json}`` (compact JSON, sorted keys) that carries at least ``event``
 and ``rank``. Launch tests and the CLI read a job's log back with :func:`parse_events`, so the format is a contract:
 
-=============  ==========  ================================================================================
-event          who emits   fields besides ``event`` and ``rank``
-=============  ==========  ================================================================================
-``start``      every rank  ``world_size``, ``local_rank``, ``strategy``, ``backend`` (null when not distributed),
-                           ``model``, ``train_rows``, ``kind``, ``loss``, ``learning_rate``,
-                           ``per_device_batch_size``, ``global_batch_size``, ``gather_across_devices``
-``resumed``    every rank  ``checkpoint`` (absolute path)
-``unused``     rank 0      ``parameters``: names no sentence embedding depends on (e.g. a pooler);
-                           ``ignored_by_ddp``: left out of DDP (else DDP searches for unused ones after each backward)
-``wrapped``    every rank  ``distributed_type`` (accelerate's name: ``NO``, ``MULTI_CPU``, ``MULTI_GPU``, ``FSDP``),
-                           ``model_wrapper`` (class of the model actually trained, e.g. ``DistributedDataParallel``),
-                           ``requested`` (STJOBS_STRATEGY), ``ran`` (``single``, ``dp``, ``ddp`` or ``fsdp``),
-                           ``as_requested`` (false: the libraries fell back, e.g. FSDP on CPUs runs as DDP)
-``loss``       rank 0      ``step``, ``loss`` (mean over ranks and logging window; null if not finite)
-``eval``       rank 0      ``when`` (``before`` / ``during`` with --eval-steps / ``after``), ``metric``, ``score``,
-                           ``step``
-``preempted``  every rank  ``step``, ``checkpoint``, ``signal`` (name, or null on ranks that got no signal)
-``throughput`` rank 0      ``samples_per_second``, ``steps``, ``seconds``, ``global_batch_size``,
-                           ``steady_samples_per_second`` and ``steady_steps`` (without the warm-up steps)
-``saved``      rank 0      ``path``
-``done``       rank 0      (none)
-=============  ==========  ================================================================================
+====================  ==========  ======================================================================================
+event                 who emits   fields besides ``event`` and ``rank``
+====================  ==========  ======================================================================================
+``already_complete``  rank 0      ``step``, ``path`` (``final``), ``max_steps``, ``epochs``: ``final`` already holds the
+                                  model trained as far as asked (its stjobs_run.json); no rank trains, all exit 0
+``start``             every rank  ``world_size``, ``local_rank``, ``strategy``, ``backend`` (null when not distributed),
+                                  ``model``, ``train_rows``, ``kind``, ``loss``, ``learning_rate``,
+                                  ``per_device_batch_size``, ``global_batch_size``, ``gather_across_devices``,
+                                  ``datasets`` (``[{name, kind, loss, rows}]``, one per --train-data; with several,
+                                  ``kind`` and ``loss`` join theirs with ``+``, ``train_rows`` is the sum)
+``no_evaluator``      rank 0      ``data``, ``kind``: an --eval-data of a kind without an evaluator (labelled), unused
+``resumed``           every rank  ``checkpoint`` (absolute path)
+``unused``            rank 0      ``parameters``: names no sentence embedding depends on (e.g. a pooler);
+                                  ``ignored_by_ddp``: left out of DDP (else DDP searches for unused ones after each
+                                  backward)
+``wrapped``           every rank  ``distributed_type`` (accelerate's name: ``NO``, ``MULTI_CPU``, ``MULTI_GPU``,
+                                  ``FSDP``), ``model_wrapper`` (class of the model actually trained, e.g.
+                                  ``DistributedDataParallel``), ``requested`` (STJOBS_STRATEGY), ``ran`` (``single``,
+                                  ``dp``, ``ddp`` or ``fsdp``), ``as_requested`` (false: the libraries fell back, e.g.
+                                  FSDP on CPUs runs as DDP), ``precision``; ``gradient_sync: false`` only under
+                                  --no-gradient-sync (a bench bound)
+``loss``              rank 0      ``step``, ``loss`` (mean over ranks and logging window; null if not finite); with
+                                  several datasets also ``losses``: ``{name: mean loss of its batches in the window}``
+``eval``              rank 0      ``when`` (``before`` / ``during`` with --eval-steps / ``after``), ``metric``,
+                                  ``score``, ``step``; with several evaluators, the first one's metric
+``preempted``         every rank  ``step``, ``checkpoint``, ``signal`` (name, or null on ranks that got no signal)
+``throughput``        rank 0      ``samples_per_second``, ``steps``, ``seconds``, ``global_batch_size``,
+                                  ``steady_samples_per_second`` and ``steady_steps`` (without the warm-up steps)
+``saved``             rank 0      ``path``
+``done``              rank 0      (none)
+====================  ==========  ======================================================================================
 
 Standard library only: the launcher side parses these without torch installed.
 """

@@ -2,19 +2,23 @@
 
 Order of work, and why:
 
-1. Parse and validate options (exit 2 on a bad one) before importing torch, so mistakes show in a second.
+1. Parse and validate options (exit 2 on a bad one) before importing torch, so mistakes show in a second. If
+   ``final`` already holds the model trained as far as asked (its marker, see :mod:`stjobs.train.checkpoints`), stop
+   here with exit 0: every rank reads the same file, so all agree without a process group.
 2. Join the process group (accelerate's ``PartialState``), so the ranks can coordinate data loading and the
    tiny model before the Trainer exists.
-3. Load the data (rank 0 first, to fill the datasets cache once), pick and check the loss, load the model.
+3. Load the data of every --train-data / --eval-data (rank 0 first, to fill the datasets cache once), pick and check
+   each dataset's loss, load the model, build the losses and the evaluators.
 4. Train (resuming from the newest complete checkpoint) with an evaluation at the start and one at the end, then
    save ``final``. Both evaluations run on every rank through the Trainer: sentence-transformers runs the evaluator
    on rank 0 while the other ranks serve its encode requests, so no rank waits in a collective the others skip.
 
 This module is the top of the package and only orchestrates; the steps live below it: :mod:`stjobs.train.distributed`
-(process group, preemption signals, which strategy ran), :mod:`stjobs.train.data` and :mod:`stjobs.train.models`
-(step 3), :mod:`stjobs.train.trainer` (step 4) with :mod:`stjobs.train.checkpoints` (which checkpoint to resume
-from), and :mod:`stjobs.train.events` (the STJOBS_EVENT lines all of them write). Preemption (SIGUSR2/SIGTERM: save
-a checkpoint at the next step end, exit 0, resume next run) is described in :mod:`stjobs.train.distributed`.
+(process group, preemption signals, which strategy ran), :mod:`stjobs.train.data`, :mod:`stjobs.train.objectives`
+and :mod:`stjobs.train.models` (step 3), :mod:`stjobs.train.trainer` (step 4) with :mod:`stjobs.train.checkpoints`
+(which checkpoint to resume from, whether the run is finished), and :mod:`stjobs.train.events` (the STJOBS_EVENT
+lines all of them write). Preemption (SIGUSR2/SIGTERM: save a checkpoint at the next step end, exit 0, resume next
+run) is described in :mod:`stjobs.train.distributed`.
 """
 
 from __future__ import annotations
