@@ -25,8 +25,13 @@ from itertools import accumulate
 from typing import Any
 
 import torch
-from sentence_transformers.base.sampler import DefaultBatchSampler, ProportionalBatchSampler, RoundRobinBatchSampler
-from torch.utils.data import SubsetRandomSampler
+from sentence_transformers.base.sampler import (
+    DefaultBatchSampler,
+    NoDuplicatesBatchSampler,
+    ProportionalBatchSampler,
+    RoundRobinBatchSampler,
+)
+from torch.utils.data import RandomSampler, SubsetRandomSampler
 
 from stjobs.train.data import TEXT_COLUMNS
 
@@ -138,9 +143,6 @@ class DatasetBatchSamplers:
 
     def __call__(self, dataset: Any, batch_size: int, drop_last: bool, valid_label_columns: list[str] | None = None,
                  generator: torch.Generator | None = None, seed: int = 0) -> Any:
-        from sentence_transformers.base.sampler import NoDuplicatesBatchSampler
-        from torch.utils.data import RandomSampler
-
         if id(dataset) not in self.in_batch_negatives:
             raise RuntimeError("the Trainer asked for a batch sampler of a dataset it was not given (did "
                                "sentence-transformers start copying the datasets of a DatasetDict?)")
