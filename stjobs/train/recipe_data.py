@@ -29,7 +29,7 @@ from random import Random
 
 # (specific, general)
 SUBJECTS = (
-    ("young woman", "woman"), ("old woman", "woman"), ("tall man", "man"), ("old man", "man"),
+    ("young woman", "woman"), ("grey-haired woman", "woman"), ("tall man", "man"), ("bearded man", "man"),
     ("little girl", "child"), ("small boy", "child"), ("brown dog", "dog"), ("black dog", "dog"),
     ("chef", "cook"), ("nurse", "worker"), ("student", "learner"), ("farmer", "worker"),
 )
