@@ -267,9 +267,10 @@ def _image_parser(image: argparse.ArgumentParser) -> None:
 def cmd_bench(args: argparse.Namespace) -> int:
     from stjobs.bench import BenchOptions, run_bench
 
-    options = BenchOptions(model=args.model, per_device_batch_size=args.per_device_batch_size,
-                           max_seq_length=args.max_seq_length, steps=args.steps, skip_steps=args.skip_steps,
-                           data_rows=args.data_rows, data=args.data, out_dir=Path(args.out),
+    options = BenchOptions(model=args.model, model_size=args.model_size,
+                           per_device_batch_size=args.per_device_batch_size, max_seq_length=args.max_seq_length,
+                           steps=args.steps, skip_steps=args.skip_steps, data_rows=args.data_rows,
+                           precision=args.precision, learning_rate=args.learning_rate, out_dir=Path(args.out),
                            processes=args.processes, seed=args.seed)
     report = run_bench(options)
     print(report.table())
@@ -278,18 +279,31 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def _bench_parser(bench: argparse.ArgumentParser) -> None:
-    from stjobs.bench import BenchOptions
+    from stjobs.bench.options import CPU_DEFAULTS, GPU_DEFAULTS, MODEL_SIZES, PRECISIONS, BenchOptions
 
     default = BenchOptions()
-    bench.add_argument("--model", default=default.model, help="tiny-bert (default), a local model dir or "
-                       "sentence-transformers/all-MiniLM-L6-v2")
-    bench.add_argument("--per-device-batch-size", type=int, default=default.per_device_batch_size)
-    bench.add_argument("--max-seq-length", type=int, default=default.max_seq_length)
-    bench.add_argument("--steps", type=int, default=default.steps, help="optimisation steps per row")
-    bench.add_argument("--skip-steps", type=int, default=default.skip_steps,
-                       help="warm-up steps left out of samples/s")
-    bench.add_argument("--data", default=None, help="a pairs file (default: generated, widely varying lengths)")
-    bench.add_argument("--data-rows", type=int, default=default.data_rows, help="rows of the generated data")
+
+    def machine_default(key: str) -> str:
+        return f"default: {getattr(GPU_DEFAULTS, key)} on GPUs, {getattr(CPU_DEFAULTS, key)} on CPUs"
+
+    bench.add_argument("--model", default=None, help="a local SentenceTransformer directory (default: the "
+                       "mpnet-base architecture with random weights, of --model-size)")
+    bench.add_argument("--model-size", choices=MODEL_SIZES, default=None,
+                       help=f"the generated MPNet: base (mpnet-base's 12 x 768), small, tiny "
+                            f"({machine_default('model_size')})")
+    bench.add_argument("--per-device-batch-size", type=int, default=default.per_device_batch_size,
+                       help=f"default {default.per_device_batch_size}, as the docs")
+    bench.add_argument("--max-seq-length", type=int, default=None, help=machine_default("max_seq_length"))
+    bench.add_argument("--steps", type=int, default=None,
+                       help=f"optimisation steps per row ({machine_default('steps')})")
+    bench.add_argument("--skip-steps", type=int, default=None,
+                       help=f"warm-up steps left out of samples/s ({machine_default('skip_steps')}; at most a "
+                            "quarter of --steps)")
+    bench.add_argument("--data-rows", type=int, default=None,
+                       help="generated training rows per dataset (default: enough that no row repeats)")
+    bench.add_argument("--precision", choices=PRECISIONS, default=default.precision,
+                       help="auto (default): fp16 on V100 as the docs, bf16 from Ampere on, fp32 on CPUs")
+    bench.add_argument("--learning-rate", type=float, default=None, help="default: the training's")
     bench.add_argument("--processes", type=int, default=None, help="DDP processes (default: GPUs, else CPU cores)")
     bench.add_argument("--seed", type=int, default=default.seed)
     bench.add_argument("--out", default=str(default.out_dir), help="directory for bench.json, bench.png, runs")
@@ -307,7 +321,8 @@ COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None]]] = {
     "logs": ("print a job's output", _logs_parser),
     "cancel": ("cancel a job and wait until it stopped", _cancel_parser),
     "image": ("render or build the job's container image", _image_parser),
-    "bench": ("compare no parallelism, DP, DDP, FSDP and stjobs' defaults on this machine", _bench_parser),
+    "bench": ("the docs' table (no parallelism, DP, DDP, FSDP) beside this machine's, and stjobs' defaults",
+              _bench_parser),
     "schema": ("print the job spec's JSON Schema", _schema_parser),
 }
 

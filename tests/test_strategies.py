@@ -76,27 +76,41 @@ def test_ddp_two_by_half_batch_matches_one_by_full_batch(model_without_dropout: 
 
 
 def test_bench_runs_every_row_it_can_and_writes_its_files(tmp_path: Path) -> None:
+    """The real bench on this CPU machine, very small: every row the docs have, the ones that cannot run here saying
+    why, the docs' figures beside ours, bench.json and bench.png."""
     out = tmp_path / "bench"
-    done = run("bench", "--steps", "14", "--skip-steps", "4", "--data-rows", "600", "--max-seq-length", "64",
-               "--out", str(out))
+    done = run("bench", "--model-size", "tiny", "--steps", "12", "--skip-steps", "3", "--max-seq-length", "32",
+               "--data-rows", "500", "--out", str(out))
     report = json.loads((out / "bench.json").read_text())
     rows = {row["key"]: row for row in report["rows"]}
-    assert list(rows) == ["single-1", "single-all", "dp", "ddp", "fsdp", "stjobs"]
+    assert list(rows) == ["single-1", "single-all", "dp", "ddp", "ddp-accelerate", "fsdp", "ddp-no-sync", "stjobs"]
     ran = [key for key, row in rows.items() if row["samples_per_second"]]
-    assert ran == ["single-1", "single-all", "ddp", "stjobs"]  # this machine has no GPU
+    assert ran == ["single-1", "single-all", "ddp", "ddp-accelerate", "ddp-no-sync", "stjobs"], \
+        {key: row["note"] for key, row in rows.items()}  # this machine has no GPU
     assert rows["single-1"]["speedup"] == 1.0
-    assert {rows[key]["ran"] for key in ("ddp", "stjobs")} == {"ddp"}
+    assert {rows[key]["ran"] for key in ("ddp", "ddp-accelerate", "ddp-no-sync", "stjobs")} == {"ddp"}
     # One process under torchrun trains the bare model: no process group, no DDP wrapper of a world of one.
     assert {rows[key]["ran"] for key in ("single-1", "single-all")} == {"single"}
-    assert not [line for line in report["checks"] if line.startswith("warning")]
+    assert {row["precision"] for row in rows.values() if row["samples_per_second"]} == {"fp32"}
+    # (a busy machine is warned about too: other tests may share the cores)
+    assert not [line for line in report["checks"] if line.startswith("warning") and "cores busy" not in line]
+    # Both datasets trained, each with its loss: a final loss per dataset on every row that ran.
+    assert all(set(rows[key]["final_losses"]) == {"nli", "sts"} for key in ran), {k: rows[k]["final_losses"]
+                                                                                   for k in ran}
     cores = os.cpu_count() or 1
-    assert "torch.distributed.run" in rows["ddp"]["command"]
-    assert f"--nproc-per-node {cores}" in rows["ddp"]["command"]
+    assert "torch.distributed.run" in rows["ddp"]["command"] and f"--nproc-per-node {cores}" in rows["ddp"]["command"]
+    assert "accelerate.commands.launch" in rows["ddp-accelerate"]["command"]
+    assert "--no-gradient-sync" in rows["ddp-no-sync"]["command"]
     assert "--no-group-by-length" in rows["ddp"]["command"] and "--no-group-by-length" not in rows["stjobs"]["command"]
     assert "DataParallel needs at least 2 GPUs" in rows["dp"]["note"]
     assert "FSDP needs 2 GPUs" in rows["fsdp"]["note"]
+    assert (rows["ddp"]["docs_samples_per_second"], rows["fsdp"]["docs_speedup"]) == (6980.0, 2.122)
+    assert report["machine"]["cpu_model"] and report["machine"]["cpus"] == cores
     assert (out / "bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     table = done.stdout
-    assert "no parallelism (CPU, 1 thread)" in table and "not available: DataParallel needs" in table
-    assert "DDP vs no parallelism" in table and "stjobs defaults vs seed-style DDP" in table
+    single = next(line for line in table.splitlines() if line.startswith("no parallelism (CPU, 1 thread)"))
+    assert single.split()[5:7] == ["2,724", "1.00x"]  # the docs' figures, then ours
+    assert "not available: DataParallel needs" in table
+    for check in ("DDP / DDP without gradient sync", "DDP vs no parallelism", "stjobs defaults vs docs-style DDP"):
+        assert check in table, check
     shutil.rmtree(out / "runs")
