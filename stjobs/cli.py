@@ -321,8 +321,7 @@ COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None]]] = {
     "logs": ("print a job's output", _logs_parser),
     "cancel": ("cancel a job and wait until it stopped", _cancel_parser),
     "image": ("render or build the job's container image", _image_parser),
-    "bench": ("the docs' table (no parallelism, DP, DDP, FSDP) beside this machine's, and stjobs' defaults",
-              _bench_parser),
+    "bench": ("compare no parallelism, DP, DDP, FSDP and stjobs' defaults on this machine", _bench_parser),
     "schema": ("print the job spec's JSON Schema", _schema_parser),
 }
 
