@@ -51,6 +51,16 @@ PLACES = (
 )
 DETAILS = ("to win a prize", "before breakfast", "for a large crowd", "because it is a holiday",
            "while waiting for a friend", "for the first time")
+# What an NLI premise may add about the scene: how the person looks and who or what is near. Never a reason, a time
+# or a place (a neutral hypothesis adds those, and the place decides contradictions), so no label changes.
+EXTRAS = ("wearing a red coat", "wearing round glasses", "with a friend nearby", "with a bag over one shoulder",
+          "in a bright yellow shirt", "with a big smile", "beside a sleeping cat", "next to a pile of old books",
+          "with a second person waiting close by", "holding a small notebook", "in a long striped scarf",
+          "while a dog watches")
+# Premise lengths of MultiNLI + SNLI are long-tailed (SNLI's mean about 14 tokens, MultiNLI's about 22, a few past
+# 60): extras drawn so most premises are short and some run long; hypotheses stay short, as they are there.
+EXTRA_MEAN = 1.6
+EXTRA_MAX = 8
 # How a scene is said: two wordings, so a paraphrase shares the words but not their order.
 WORDINGS = ("A {s} is {a} {p}.", "{P}, a {s} is {a}.")
 NLI_LABELS = {"entailment": 0, "neutral": 1, "contradiction": 2}
@@ -91,6 +101,9 @@ def nli_rows(n: int, seed: int = 0) -> list[dict[str, object]]:
     for i in range(n):
         scene = _scene(rng)
         premise = scene.say(rng.randrange(len(WORDINGS)))
+        extras = rng.sample(EXTRAS, min(EXTRA_MAX, int(rng.expovariate(1 / EXTRA_MEAN))))
+        if extras:
+            premise = f"{premise[:-1]}, {', '.join(extras)}."
         general = SUBJECTS[scene.subject][1]
         label = ("entailment", "neutral", "contradiction")[i % 3]
         if label == "entailment":
