@@ -57,12 +57,22 @@ def build_mpnet(texts: list[str], out: Path, size: str = "base", seed: int = 0) 
     fast = wordpiece_tokenizer(vocab, TOKENIZER_MAX_LENGTH)
     shape: dict[str, Any] = dict(SIZES[size])
     config = MPNetConfig(vocab_size=len(vocab), pad_token_id=vocab["[PAD]"], **shape)
-    with torch.random.fork_rng(devices=[]):  # seeded weights without moving the caller's RNG stream
-        torch.manual_seed(seed)
-        MPNetModel(config).save_pretrained(str(out / "hf"))
-    fast.save_pretrained(str(out / "hf"))
-    transformer = Transformer(str(out / "hf"), max_seq_length=TOKENIZER_MAX_LENGTH)
-    model_dir = out / "model"
-    SentenceTransformer(modules=[transformer, Pooling(transformer.get_embedding_dimension(), "mean")]).save(
-        str(model_dir))
+    from transformers.utils import logging as hf_logging
+
+    # Saving and reloading draw transformers' progress bars ("Writing model shards", "Loading weights"): noise
+    # in the bench's and the GPU check's console for a model that takes a second to build.
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
+    try:
+        with torch.random.fork_rng(devices=[]):  # seeded weights without moving the caller's RNG stream
+            torch.manual_seed(seed)
+            MPNetModel(config).save_pretrained(str(out / "hf"))
+        fast.save_pretrained(str(out / "hf"))
+        transformer = Transformer(str(out / "hf"), max_seq_length=TOKENIZER_MAX_LENGTH)
+        model_dir = out / "model"
+        SentenceTransformer(modules=[transformer, Pooling(transformer.get_embedding_dimension(), "mean")]).save(
+            str(model_dir))
+    finally:
+        if bars:
+            hf_logging.enable_progress_bar()  # type: ignore[no-untyped-call]
     return model_dir
