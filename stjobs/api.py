@@ -181,6 +181,19 @@ def logs(job_id: str, follow: bool = False, rank: int | None = None) -> Iterator
     return backend_module(record.backend).logs(record, follow=follow, rank=rank)
 
 
+def plot(job_id: str, path: str | Path | None = None) -> Path:
+    """A PNG of the job's loss, learning rate, samples/s and evaluation scores over steps, drawn from the events
+    in its output (any backend: the same text ``logs`` returns); written to ``path``, by default ``plot.png`` in
+    the job's directory. Returns the path written."""
+    from stjobs.jobs import load_record
+    from stjobs.plot import write_png
+    from stjobs.train.events import parse_events
+
+    record = load_record(job_id)
+    target = Path(path) if path is not None else Path(record.job_dir) / "plot.png"
+    return write_png(parse_events("".join(logs(job_id))), target, record.job_id)
+
+
 def strategy_warning(job_id: str) -> str | None:
     """A warning when the built-in training ran another strategy than the spec asked for, else None.
 

@@ -160,6 +160,18 @@ def cmd_logs(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_plot(args: argparse.Namespace) -> int:
+    print(f"wrote {api.plot(args.job_id, args.output)}")
+    return 0
+
+
+def _plot_parser(plot: argparse.ArgumentParser) -> None:
+    plot.add_argument("job_id", metavar="JOB")
+    plot.add_argument("--output", "-o", metavar="FILE.png", default=None,
+                      help="where to write the PNG (default: plot.png in the job's directory)")
+    plot.set_defaults(run=cmd_plot)
+
+
 def cmd_cancel(args: argparse.Namespace) -> int:
     final = api.cancel(args.job_id)
     print(f"{final.record.job_id}: {final.state.value}")
@@ -319,6 +331,7 @@ COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None]]] = {
     "submit": ("submit SPEC to a backend; prints the job id", _submit_parser),
     "status": ("one job's state, or a table of all jobs", _status_parser),
     "logs": ("print a job's output", _logs_parser),
+    "plot": ("a PNG of a job's loss, learning rate, samples/s and eval scores", _plot_parser),
     "cancel": ("cancel a job and wait until it stopped", _cancel_parser),
     "image": ("render or build the job's container image", _image_parser),
     "bench": ("compare no parallelism, DP, DDP, FSDP and stjobs' defaults on this machine", _bench_parser),

@@ -25,7 +25,10 @@ event                 who emits   fields besides ``event`` and ``rank``
                                   FSDP on CPUs runs as DDP), ``precision``; ``gradient_sync: false`` only under
                                   --no-gradient-sync (a bench bound)
 ``loss``              rank 0      ``step``, ``loss`` (mean over ranks and logging window; null if not finite); with
-                                  several datasets also ``losses``: ``{name: mean loss of its batches in the window}``
+                                  several datasets also ``losses``: ``{name: mean loss of its batches in the window}``;
+                                  ``learning_rate`` (the scheduler's, as the Trainer logs it), ``epoch`` (fractional),
+                                  ``samples_per_second`` (global batch x steps over the window's wall seconds, an
+                                  --eval-steps evaluation left out; null when not measurable)
 ``eval``              rank 0      ``when`` (``before`` / ``during`` with --eval-steps / ``after``), ``metric``,
                                   ``score``, ``step``; with several evaluators, the first one's metric
 ``preempted``         every rank  ``step``, ``checkpoint``, ``signal`` (name, or null on ranks that got no signal)

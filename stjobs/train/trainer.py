@@ -231,6 +231,9 @@ def fit(config: TrainConfig, source: str, model: Any, train_sets: list[LoadedDat
             self.first_step = 0
             self.ended_at: float | None = None
             self.step_ends: list[float] = []  # when each step of this run ended, for the steady-state rate
+            # The loss event's samples/s window: (monotonic time, global step) where it began; None before the
+            # first step of this run.
+            self.window: tuple[float, int] | None = None
 
         def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
             accelerator = self.trainer.accelerator
@@ -252,10 +255,21 @@ def fit(config: TrainConfig, source: str, model: Any, train_sets: list[LoadedDat
                    **kwargs: Any) -> None:
             if state.is_world_process_zero and logs and "loss" in logs:
                 per_dataset = {"losses": self.trainer.logged_losses} if several else {}
-                events.emit("loss", rank=rank, step=state.global_step, loss=float(logs["loss"]), **per_dataset)
+                now, rate = time.monotonic(), None
+                global_batch = (config.global_batch_size or 0) * args.gradient_accumulation_steps
+                if self.window is not None and global_batch and now > self.window[0]:
+                    rate = round((state.global_step - self.window[1]) * global_batch / (now - self.window[0]), 3)
+                self.window = (now, state.global_step)
+                learning_rate = logs.get("learning_rate")
+                events.emit("loss", rank=rank, step=state.global_step, loss=float(logs["loss"]), **per_dataset,
+                            learning_rate=None if learning_rate is None else float(learning_rate),
+                            samples_per_second=rate, epoch=logs.get("epoch", state.epoch))
 
         def on_evaluate(self, args: Any, state: Any, control: Any, metrics: dict[str, float] | None = None,
                         **kwargs: Any) -> None:
+            if self.window is not None:
+                # An --eval-steps evaluation is not training: the next loss event's samples/s starts after it.
+                self.window = (time.monotonic(), state.global_step)
             name = primary_metric(evaluator)
             if rank != 0 or not metrics or not name:
                 return  # rank 0 alone runs the evaluator, so only it knows the metric's name
@@ -269,6 +283,8 @@ def fit(config: TrainConfig, source: str, model: Any, train_sets: list[LoadedDat
             self.when = "during"  # the eval_on_start evaluation ("before") has run by now
             if self.first_step_at is None:
                 self.first_step_at, self.first_step = time.monotonic(), state.global_step
+            if self.window is None:
+                self.window = (time.monotonic(), state.global_step)
 
         def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
             self.ended_at = time.monotonic()
