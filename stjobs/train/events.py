@@ -34,6 +34,8 @@ event                 who emits   fields besides ``event`` and ``rank``
 ``preempted``         every rank  ``step``, ``checkpoint``, ``signal`` (name, or null on ranks that got no signal)
 ``throughput``        rank 0      ``samples_per_second``, ``steps``, ``seconds``, ``global_batch_size``,
                                   ``steady_samples_per_second`` and ``steady_steps`` (without the warm-up steps)
+``loss_weights``      rank 0      ``parameters`` (tensors of the losses' own weights, e.g. SoftmaxLoss's classifier),
+                                  ``same_on_every_rank``: checked after training under DDP (they are averaged by hand)
 ``saved``             rank 0      ``path``
 ``done``              rank 0      (none)
 ====================  ==========  ======================================================================================

@@ -21,7 +21,7 @@ from stjobs.gpus import resolve_precision
 from stjobs.train import events
 from stjobs.train.args import DEFAULT_PER_DEVICE_BATCH_SIZE, TrainConfig, TrainConfigError
 from stjobs.train.checkpoints import clear_run_marker, newest_checkpoint, write_run_marker
-from stjobs.train.distributed import Preemption, agreed, expected_strategy, strategy_that_ran
+from stjobs.train.distributed import Preemption, agreed, expected_strategy, same_on_every_rank, strategy_that_ran
 
 if TYPE_CHECKING:
     from stjobs.train.data import LoadedData
@@ -320,6 +320,14 @@ def fit(config: TrainConfig, source: str, model: Any, train_sets: list[LoadedDat
                     signal=signal.Signals(preemption.signum).name if preemption.signum else None)
         return 0
 
+    if loss_weights and world > 1 and config.gradient_sync:
+        # Every rank must end with the same loss weights (they are averaged by hand in training_step): say so.
+        same = same_on_every_rank(loss_weights, args.device)
+        if rank == 0:
+            events.emit("loss_weights", rank=rank, parameters=len(loss_weights), same_on_every_rank=same)
+            if not same:
+                print("stjobs.train: warning: the loss's own weights (e.g. SoftmaxLoss's classifier) differ between "
+                      "ranks", file=sys.stderr, flush=True)
     global_batch = (config.global_batch_size or 0) * args.gradient_accumulation_steps
     steps = trainer.state.global_step - callback.first_step if callback.first_step_at is not None else 0
     runtime = (callback.ended_at or time.monotonic()) - (callback.first_step_at or time.monotonic())

@@ -60,6 +60,9 @@ def test_nli_and_stsb_train_together_on_two_processes_and_a_rerun_trains_nothing
     assert {e["metric"] for e in scores.values()} == {"spearman_cosine"}
     assert all(e["rank"] == 0 for e in scores.values())
     assert events.first(first, "done") == {"event": "done", "rank": 0, "global_step": STEPS}
+    # SoftmaxLoss's classifier lives outside the model DDP wraps: both ranks still end with the same one.
+    assert events.first(first, "loss_weights") == {"event": "loss_weights", "rank": 0, "parameters": 2,
+                                                   "same_on_every_rank": True}
     assert (out / "final" / "modules.json").is_file() and (out / "final" / "stjobs_run.json").is_file()
 
     # The same command again: the run is finished, so no rank trains (and nothing steps past --max-steps).
