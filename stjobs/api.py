@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from stjobs import gpus, images
 from stjobs.backends import backend_module
-from stjobs.errors import SpecError, StjobsError
+from stjobs.errors import InputError, SpecError, StjobsError
 from stjobs.launch import fsdp_note, option_value
 from stjobs.plan import no_world_write, write_plan
 from stjobs.spec import Strategy
@@ -175,9 +175,16 @@ def job_status(job_id: str) -> JobStatus:
 
 
 def logs(job_id: str, follow: bool = False, rank: int | None = None) -> Iterator[str]:
+    """The job's output, or with ``rank`` that global rank's lines; a rank the job does not have is refused
+    (every backend would print nothing for it, and nothing reads as "this rank said nothing")."""
     from stjobs.jobs import load_record
 
     record = load_record(job_id)
+    ranks = record.nodes * record.procs_per_node  # an elastic job's most; DataParallel is one process a node
+    if rank is not None and not 0 <= rank < ranks:
+        raise InputError("--rank", rank, f"a rank of job {record.job_id}, which has "
+                         + (f"ranks 0-{ranks - 1}" if ranks > 1 else "rank 0 only")
+                         + f" ({record.nodes} node(s) x {record.procs_per_node} process(es))")
     return backend_module(record.backend).logs(record, follow=follow, rank=rank)
 
 
