@@ -31,7 +31,8 @@ def render(spec: JobSpec, k8s_schemas: Path | None = None) -> Plan:
     """The manifest and its kustomization; with ``k8s_schemas`` (a directory of the Kubeflow CRD files) checked
     strictly against the official CRD and the core pod schema, else the plan notes that the check was skipped."""
     if spec.image is None:
-        raise SpecError("image", None, "a container image for the k8s backend (e.g. ghcr.io/org/train:1.0)")
+        raise SpecError("image", None, "a container image for the k8s backend: pass --image REF or set image: "
+                        "in the spec (e.g. ghcr.io/org/train:1.0)")
     if spec.k8s.kind is Kind.trainjob:
         _refuse_for_trainjob(spec)
     elif spec.workdir not in (".", "./") and not spec.workdir.startswith("/"):
