@@ -136,7 +136,7 @@ def write_json(path: Path, data: object) -> None:
     with contextlib.suppress(FileNotFoundError):
         os.unlink(tmp)
     handle = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-    with os.fdopen(handle, "w", encoding="utf-8") as stream:
+    with os.fdopen(handle, "w", encoding="utf-8", newline="\n") as stream:
         stream.write(json.dumps(data, indent=2, sort_keys=True) + "\n")
     os.replace(tmp, path)
 

@@ -105,7 +105,7 @@ def _fill(staging: Path, plan: Plan, target: Path, dir_mode: int) -> None:
                     (staging / parent).mkdir(exist_ok=True)
                     os.chmod(staging / parent, 0o755)
                     made.add(parent)
-            path.write_text(item.content, encoding="utf-8")
+            path.write_text(item.content, encoding="utf-8", newline="\n")
             os.chmod(path, 0o755 if item.executable else 0o644)
         os.chmod(staging, dir_mode)
         if target.exists():

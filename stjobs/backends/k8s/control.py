@@ -232,7 +232,8 @@ def cancel(record: JobRecord, api_client: Any = None, wait_s: float = 60.0) -> J
     job = target(record, api_client)
     status(record, job.client)  # a finished outcome is kept (FINAL_STATE) before the object goes
     marker = Path(record.job_dir) / CANCELLED_MARKER
-    marker.write_text("deleted by stjobs cancel\n", encoding="utf-8")  # first: the delete may land and we die
+    # the marker first: the delete may land and we die
+    marker.write_text("deleted by stjobs cancel\n", encoding="utf-8", newline="\n")
     try:
         with api_errors(job.host, f"deleting {job.resource.kind} {job.name}"):
             try:

@@ -65,7 +65,7 @@ def submit(plan: Plan, cwd: str | Path | None = None) -> JobRecord:
             [sys.executable, "-m", SUPERVISOR, str(job_dir)],
             cwd=workdir, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         )
-    with os.fdopen(private_file(job_dir / PID_FILE), "w", encoding="utf-8") as pid_file:
+    with os.fdopen(private_file(job_dir / PID_FILE), "w", encoding="utf-8", newline="\n") as pid_file:
         pid_file.write(f"{process.pid}\n")
     return record
 
