@@ -12,47 +12,15 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, NoReturn
 
 from stjobs import __version__, api
 from stjobs.backends import BACKENDS
-from stjobs.config import Override, load_spec
+from stjobs.cliparse import SHELLS, Parser, completion_script, unknown_flag_hint
+from stjobs.config import DEFAULT_SPEC, SPEC_FLAGS, Override, load_spec, spec_file
 from stjobs.errors import EnvError, StjobsError
 from stjobs.plan import write_plan
 from stjobs.spec import JobSpec
 
-
-def _nodes(text: str) -> int | str:
-    return int(text) if text.strip().isdigit() else text  # "2:4" stays text: an elastic range
-
-
-def _number(text: str) -> int | float | str:
-    """A number when it reads as one, else the text: the spec's own check then names the field, the value and
-    the range (argparse's "invalid int value" names neither the range nor the spec field)."""
-    for kind in (int, float):
-        try:
-            return kind(text)
-        except ValueError:
-            pass
-    return text
-
-
-# Flags that are plain overrides of one spec field: (flag, spec field, type).
-SPEC_FLAGS: tuple[tuple[str, str, Callable[[str], Any]], ...] = (
-    ("--name", "name", str),
-    ("--nodes", "nodes", _nodes),
-    ("--procs-per-node", "procs_per_node", _number),
-    ("--gpus-per-node", "gpus_per_node", _number),
-    ("--cpus-per-task", "cpus_per_task", _number),
-    ("--mem-gb", "mem_gb", _number),
-    ("--time-min", "time_min", _number),
-    ("--strategy", "strategy", str),
-    ("--launcher", "launcher", str),
-    ("--image", "image", str),
-    # A path given on the command line is taken from the current directory, as every shell user expects.
-    ("--templates", "templates", os.path.abspath),
-)
-DEFAULT_SPEC = "stjobs.yaml"
 K8S_SCHEMAS_ENV = "STJOBS_K8S_SCHEMAS"
 
 
@@ -80,12 +48,10 @@ def k8s_schemas(args: argparse.Namespace) -> str | None:
 
 
 def spec_from(args: argparse.Namespace) -> JobSpec:
-    spec_path = args.spec
-    if spec_path is None and Path(DEFAULT_SPEC).is_file():
-        spec_path = DEFAULT_SPEC
     overrides: list[Override] = [(field, getattr(args, field)) for _, field, _ in SPEC_FLAGS
                                  if getattr(args, field) is not None]
-    return load_spec(spec_path, overrides, args.sets)
+    command = " ".join(filter(None, (args.command, getattr(args, "image_command", None))))
+    return load_spec(spec_file(args.spec, overrides, args.sets, command), overrides, args.sets)
 
 
 def cmd_render(args: argparse.Namespace) -> int:
@@ -204,13 +170,6 @@ class UsageFailure(Exception):
     """A command's own flags do not fit together; printed as ``stjobs COMMAND: error: ...``, exit code 2."""
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:
-        # argparse prints its whole usage block before the message: one line, with where to look, reads better
-        # and is what scripts that parse stderr can rely on.
-        self.exit(2, f"{self.prog}: error: {' '.join(message.split())} (see {self.prog} --help)\n")
-
-
 def _spec_arguments(parser: argparse.ArgumentParser, backend: bool = True) -> None:
     parser.add_argument("spec", nargs="?", metavar="SPEC", help=f"job spec YAML (default: ./{DEFAULT_SPEC})")
     if backend:
@@ -326,6 +285,16 @@ def _schema_parser(schema: argparse.ArgumentParser) -> None:
     schema.set_defaults(run=cmd_schema)
 
 
+def cmd_completion(args: argparse.Namespace) -> int:
+    print(completion_script(build_parser(), args.shell), end="")
+    return 0
+
+
+def _completion_parser(completion: argparse.ArgumentParser) -> None:
+    completion.add_argument("shell", choices=SHELLS, help="e.g. eval \"$(stjobs completion bash)\" in ~/.bashrc")
+    completion.set_defaults(run=cmd_completion)
+
+
 COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None]]] = {
     "render": ("render SPEC for a backend and print the plan", _render_parser),
     "submit": ("submit SPEC to a backend; prints the job id", _submit_parser),
@@ -336,14 +305,15 @@ COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None]]] = {
     "image": ("render or build the job's container image", _image_parser),
     "bench": ("compare no parallelism, DP, DDP, FSDP and stjobs' defaults on this machine", _bench_parser),
     "schema": ("print the job spec's JSON Schema", _schema_parser),
+    "completion": ("print a bash or zsh completion script for stjobs", _completion_parser),
 }
 
 
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     """The whole CLI, or with ``only`` just that command's parser: argparse spends about a millisecond on each
     subparser it builds (gettext lookups for its own messages); ``stjobs --help`` still lists them all."""
-    parser = _Parser(prog="stjobs", description="Render and submit distributed "
-                                     "sentence-transformers training jobs.")
+    parser = Parser(prog="stjobs", description="Render and submit distributed "
+                                    "sentence-transformers training jobs.")
     parser.add_argument("--version", action="version", version=f"stjobs {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (summary, build) in COMMANDS.items():
@@ -358,12 +328,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser(args_list[0] if args_list and args_list[0] in COMMANDS else None)
     try:
         args, extra = parser.parse_known_args(args_list)
-    except SystemExit as done:  # --help, --version, or a one-line usage error already printed (_Parser.error)
+    except SystemExit as done:  # --help, --version, or a one-line usage error already printed (Parser.error)
         return done.code if isinstance(done.code, int) else 2
     if extra:
         prog = f"stjobs {args.command}"
-        print(f"{prog}: error: arguments: got {' '.join(extra)!r}; expected only the options of {prog} (see {prog} "
-              "--help)", file=sys.stderr)
+        hint = unknown_flag_hint(parser, args, extra)
+        print(f"{prog}: error: arguments: got {' '.join(extra)!r}; expected only the options of {prog} "
+              f"({hint + ' ' if hint else ''}see {prog} --help)", file=sys.stderr)
         return 2
     try:
         code: int = args.run(args)

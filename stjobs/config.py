@@ -3,17 +3,64 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from stjobs import yamlio
-from stjobs.errors import SpecError
+from stjobs.errors import SpecError, UsageError
 from stjobs.spec import JobSpec, parse_spec
 
 Override = tuple[str, Any]
 TEMPLATES_ENV = "STJOBS_TEMPLATES"
+DEFAULT_SPEC = "stjobs.yaml"  # read from the current directory when a command names no spec file
+
+
+def _nodes(text: str) -> int | str:
+    return int(text) if text.strip().isdigit() else text  # "2:4" stays text: an elastic range
+
+
+def _number(text: str) -> int | float | str:
+    """A number when it reads as one, else the text: the spec's own check then names the field, the value and
+    the range (argparse's "invalid int value" names neither the range nor the spec field)."""
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
+# Command-line flags that are plain overrides of one spec field: (flag, spec field, how its text becomes a value).
+SPEC_FLAGS: tuple[tuple[str, str, Callable[[str], Any]], ...] = (
+    ("--name", "name", str),
+    ("--nodes", "nodes", _nodes),
+    ("--procs-per-node", "procs_per_node", _number),
+    ("--gpus-per-node", "gpus_per_node", _number),
+    ("--cpus-per-task", "cpus_per_task", _number),
+    ("--mem-gb", "mem_gb", _number),
+    ("--time-min", "time_min", _number),
+    ("--strategy", "strategy", str),
+    ("--launcher", "launcher", str),
+    ("--image", "image", str),
+    # A path given on the command line is taken from the current directory, as every shell user expects.
+    ("--templates", "templates", os.path.abspath),
+)
+
+
+def spec_file(given: str | None, overrides: Sequence[Override], sets: Sequence[str], command: str) -> str | None:
+    """The spec file a command reads: the one it was given, else ./stjobs.yaml when there is one. With neither,
+    a job named by the flags alone (--name or --set name=...) is still a spec; anything else is refused here,
+    before its first missing field (``name: got None``) hides that no spec was read at all."""
+    if given is not None:
+        return given
+    if Path(DEFAULT_SPEC).is_file():
+        return DEFAULT_SPEC
+    if any(key == "name" for key, _ in overrides) or any(item.partition("=")[0].strip() == "name" for item in sets):
+        return None
+    raise UsageError(f"no job spec: give a spec file (stjobs {command} job.yaml) or put {DEFAULT_SPEC} in this "
+                     f"directory ({os.getcwd()} has none)")
 
 
 def load_spec(path: str | Path | None = None, overrides: Iterable[Override] = (),

@@ -121,6 +121,12 @@ class Choice(Parser[E]):
         for member in self.enum:
             if value == member.value or value is member:
                 return member
+        if isinstance(value, str):
+            import difflib  # the error path only, as for unknown keys
+
+            guess = difflib.get_close_matches(value, [str(member.value) for member in self.enum], n=1)
+            if guess:
+                raise SpecError(field, value, f"{self.expected} (did you mean '{guess[0]}'?)")
         raise self.fail(field, value)
 
     def schema(self) -> dict[str, Any]:
