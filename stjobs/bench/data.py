@@ -44,7 +44,7 @@ def variable_length_pairs(path: Path, rows: int, seed: int) -> Path:
     rare = sorted({"".join(rng.choice(syllables) for _ in range(3)) for _ in range(4000)})
     common = ["the", "a", "of", "and", "in", "to", "is", "for", "on", "with", "as", "by", "at", "from"]
     path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", encoding="utf-8") as out:
+    with path.open("w", encoding="utf-8", newline="\n") as out:
         for _ in range(rows):
             keys = rng.sample(rare, 4)
             question = " ".join([*keys, *rng.choices(common, k=rng.randint(1, 6))])

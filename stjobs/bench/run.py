@@ -149,6 +149,6 @@ def run_bench(options: BenchOptions) -> BenchReport:
     report = build_report(options, shape, facts, rows, seconds=round(time.perf_counter() - started, 1),
                           shared_args=" ".join(shell_word(arg) for arg in args))
     out.mkdir(parents=True, exist_ok=True)
-    (out / "bench.json").write_text(report.to_json(), encoding="utf-8")
+    (out / "bench.json").write_text(report.to_json(), encoding="utf-8", newline="\n")
     chart(report, out / "bench.png")
     return report

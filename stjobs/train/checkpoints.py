@@ -68,7 +68,7 @@ def write_run_marker(final_dir: Path, global_step: int, max_steps: int | None, e
     path = final_dir / RUN_MARKER
     record = {"global_step": global_step, "max_steps": max_steps, "epochs": epochs, "train_data": train_data}
     scratch = path.with_name(path.name + ".tmp")
-    scratch.write_text(json.dumps(record, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    scratch.write_text(json.dumps(record, indent=2, sort_keys=True) + "\n", encoding="utf-8", newline="\n")
     os.replace(scratch, path)
     return path
 

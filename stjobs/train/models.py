@@ -161,7 +161,8 @@ def build_tiny_model(texts: list[str], out_dir: Path, seed: int) -> Path:
         dim = transformer.get_embedding_dimension()
         SentenceTransformer(modules=[transformer, Pooling(dim, "mean")]).save(str(staging / "model"))
         marker = {"seed": seed, "texts": len(texts), "vocab_size": len(vocab)}
-        (staging / "model" / TINY_MARKER).write_text(json.dumps(marker, sort_keys=True) + "\n", encoding="utf-8")
+        (staging / "model" / TINY_MARKER).write_text(json.dumps(marker, sort_keys=True) + "\n", encoding="utf-8",
+                                                     newline="\n")
         if out_dir.exists():
             shutil.rmtree(out_dir)
         os.replace(staging / "model", out_dir)
