@@ -310,7 +310,8 @@ class JobSpec:
                             "gpu_type for a CPU job)")
         slurm: SlurmOptions = values["slurm"]
         if slurm.container is not Container.none and values["image"] is None:
-            raise SpecError("image", None, f"a container image when slurm.container is {slurm.container.value}")
+            raise SpecError("image", None, f"a container image when slurm.container is {slurm.container.value}: "
+                            "pass --image REF or set image: in the spec")
         clash = sorted(set(values["secrets"]) & set(values["env"]))
         if clash:
             raise SpecError(f"env.{clash[0]}", "<hidden>", "a name in env or in secrets, not both")

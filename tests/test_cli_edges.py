@@ -182,6 +182,16 @@ def test_k8s_without_an_image_names_the_flag_and_the_spec_key(work: Path, capsys
     assert run(["render", SPEC, "-b", "k8s", "--dry-run", "--image", "ghcr.io/org/train:1.0"], capsys)[0] == 0
 
 
+@pytest.mark.parametrize("argv", [["image", "build", SPEC, "--builder", "docker"],
+                                  ["render", SPEC, "-b", "slurm", "--dry-run", "--set", "slurm.container=pyxis"]])
+def test_other_commands_without_an_image_name_the_flag_and_the_spec_key(
+        work: Path, capsys: pytest.CaptureFixture[str], argv: list[str]) -> None:
+    code, _, err = run(argv, capsys)
+    line = one_line(err)
+    assert code == 2 and line.startswith("stjobs: error: image: got None; expected "), line
+    assert "pass --image REF or set image: in the spec" in line, line
+
+
 def completion(shell: str, capsys: pytest.CaptureFixture[str]) -> str:
     code, out, err = run(["completion", shell], capsys)
     assert (code, err) == (0, "")

@@ -108,7 +108,8 @@ def is_sif(image: str) -> bool:
 def image_name(spec: JobSpec) -> str:
     """The registry name the image is built as and pushed to (what pyxis and Kubernetes pull)."""
     if spec.image is None:
-        raise SpecError("image", None, "an image name to build, e.g. ghcr.io/org/train:1.0")
+        raise SpecError("image", None, "an image name to build: pass --image REF or set image: in the spec (e.g. "
+                        "ghcr.io/org/train:1.0)")
     if is_sif(spec.image):
         raise SpecError("image", spec.image, "a registry image name to build (a .sif is built from apptainer.def)")
     return spec.image
