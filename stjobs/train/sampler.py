@@ -161,6 +161,14 @@ def _offsets(dataset: Any) -> list[int]:
     return [0, *accumulate(len(part) for part in dataset.datasets)]
 
 
+def _steps_of(multi: Any, world: int) -> tuple[list[int], list[list[list[list[int]]]]]:
+    """A multi-dataset sampler's epoch, seeded as sentence-transformers seeds it: where each dataset starts, and each
+    dataset's batches cut into steps."""
+    if multi.generator is not None and multi.seed is not None:
+        multi.generator.manual_seed(multi.seed + multi.epoch)
+    return _offsets(multi.dataset), [_full_steps(sampler, world) for sampler in multi.batch_samplers]
+
+
 def _full_steps(sampler: Any, world: int) -> list[list[list[int]]]:
     """The sampler's batches cut into steps of ``world`` consecutive batches; a last, short step is dropped: it would
     put batches of two datasets into one step."""
@@ -182,10 +190,7 @@ class StepProportionalBatchSampler(ProportionalBatchSampler):
         if world == 1:
             yield from super().__iter__()
             return
-        if self.generator is not None and self.seed is not None:
-            self.generator.manual_seed(self.seed + self.epoch)
-        offsets = _offsets(self.dataset)
-        steps = [_full_steps(sampler, world) for sampler in self.batch_samplers]
+        offsets, steps = _steps_of(self, world)
         which = [index for index, own in enumerate(steps) for _ in own]
         taken = [iter(own) for own in steps]
         for index in SubsetRandomSampler(which, generator=self.generator):
@@ -206,10 +211,7 @@ class StepRoundRobinBatchSampler(RoundRobinBatchSampler):
         if world == 1:
             yield from super().__iter__()
             return
-        if self.generator is not None and self.seed is not None:
-            self.generator.manual_seed(self.seed + self.epoch)
-        offsets = _offsets(self.dataset)
-        steps = [_full_steps(sampler, world) for sampler in self.batch_samplers]
+        offsets, steps = _steps_of(self, world)
         for round_ in zip(*steps, strict=False):
             for index, step in enumerate(round_):
                 for batch in step:
