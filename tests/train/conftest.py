@@ -50,3 +50,17 @@ def restore_signals() -> Iterator[None]:
     yield
     for sig, handler in saved.items():
         signal.signal(sig, handler)
+
+
+def refused_in_one_line(argv: list[str], environ: dict[str, str], capsys: pytest.CaptureFixture[str],
+                        needles: list[str]) -> None:
+    """The training's options parser exits 2 with one ``stjobs.train: error:`` line holding every needle."""
+    from stjobs.train.args import parse_config
+
+    with pytest.raises(SystemExit) as exited:
+        parse_config(argv, environ=environ)
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("stjobs.train: error: "), err
+    for needle in needles:
+        assert needle in err, (needle, err)

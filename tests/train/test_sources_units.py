@@ -14,6 +14,7 @@ from stjobs.train import checkpoints, recipe_data
 from stjobs.train.args import DataSource, TrainConfigError, data_sources, parse_config, parse_data_source
 from stjobs.train.data import check_labels, detect_kind, detect_layout, resolve_loss
 from stjobs.train.losses import DEFAULT_LOSS, LOSS_KINDS, LOSSES, canonical_loss
+from tests.train.conftest import refused_in_one_line
 
 BASE = ["--model", "m", "--output-dir", "/tmp/out"]
 
@@ -128,13 +129,7 @@ def test_parse_config_collects_every_source() -> None:
 ])
 def test_bad_source_options_exit_2_with_one_line(extra: list[str], env: dict[str, str], needles: list[str],
                                                  capsys: pytest.CaptureFixture[str]) -> None:
-    with pytest.raises(SystemExit) as exited:
-        parse_config([*BASE, *extra], environ=env)
-    assert exited.value.code == 2
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1 and err.startswith("stjobs.train: error: "), err
-    for needle in needles:
-        assert needle in err, (needle, err)
+    refused_in_one_line([*BASE, *extra], env, capsys, needles)
 
 
 def test_gradient_sync_and_guides_are_accepted_where_they_fit() -> None:

@@ -24,6 +24,7 @@ from stjobs.train.args import TrainConfig, TrainConfigError, loss_name, parse_co
 from stjobs.train.checkpoints import newest_checkpoint
 from stjobs.train.data import DEFAULT_LOSS, detect_kind, resolve_loss
 from stjobs.train.distributed import Preemption
+from tests.train.conftest import refused_in_one_line
 
 BASE = ["--model", "m", "--train-data", "d.jsonl", "--output-dir", "/tmp/out"]
 
@@ -82,13 +83,7 @@ def test_parse_config_all_options() -> None:
 )
 def test_bad_options_exit_2_with_one_line(extra: list[str], env: dict[str, str], needles: list[str],
                                           capsys: pytest.CaptureFixture[str]) -> None:
-    with pytest.raises(SystemExit) as exited:
-        parse_config([*BASE, *extra], environ=env)
-    assert exited.value.code == 2
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1 and err.startswith("stjobs.train: error: "), err
-    for needle in needles:
-        assert needle in err, (needle, err)
+    refused_in_one_line([*BASE, *extra], env, capsys, needles)
 
 
 def test_loss_aliases() -> None:
