@@ -18,7 +18,7 @@ from stjobs.train.args import DEFAULT_PER_DEVICE_BATCH_SIZE, TrainConfigError, b
 from stjobs.train.losses import IN_BATCH_NEGATIVE_LOSSES, canonical_loss
 
 if TYPE_CHECKING:
-    from stjobs.jobs import JobRecord, JobStatus
+    from stjobs.jobs import Cleaned, JobRecord, JobStatus
     from stjobs.plan import Plan
     from stjobs.spec import JobSpec
 
@@ -135,14 +135,14 @@ def render_to(spec: JobSpec, out_dir: str | Path, backend: str = "local", force:
 def submit(spec: JobSpec, backend: str = "local", k8s_schemas: str | Path | None = None, **options: Any) -> JobRecord:
     """Render, check what needs this machine, then hand the plan to the backend. Every refusal comes before the
     job directory exists; the backend (and the job it starts) writes under a umask without world write."""
-    from stjobs.jobs import prepare_jobs_root
+    from stjobs.jobs import name_outputs, prepare_jobs_root
 
     module = backend_module(backend)
     plan = render(spec, backend, k8s_schemas)
     module.check(plan, **options)  # what this machine must have (secrets in the environment, paths, ...)
     with no_world_write():
         prepare_jobs_root()
-        return module.submit(plan, **options)
+        return name_outputs(module.submit(plan, **options), plan.spec.output_dir, plan.spec.workdir_path)
 
 
 def status(job_id: str | None = None) -> list[JobStatus]:
@@ -224,6 +224,24 @@ def cancel(job_id: str) -> JobStatus:
 
     record = load_record(job_id)
     return backend_module(record.backend).cancel(record)
+
+
+def clean(older_than_days: float | None = None, outputs: bool = False, dry_run: bool = False) -> list[Cleaned]:
+    """Remove the records (job directories) of finished jobs (COMPLETED, FAILED, CANCELLED, LOST), with
+    ``older_than_days`` only those submitted longer ago, with ``outputs`` each job's output directory too; with
+    ``dry_run`` nothing, just say what would go. Every job's state is asked at once, as :func:`status` does.
+
+    An output directory is removed only where the record names it and it is the job's alone: never ``/``, the
+    home directory, STJOBS_HOME, the job's workdir or a directory above one of them, a link, nor one another
+    job that stays names too; such a record stays, its ``kept`` saying why in one line."""
+    import time
+
+    from stjobs.jobs import clean_records
+
+    if older_than_days is not None and not (older_than_days >= 0 and math.isfinite(older_than_days)):
+        raise InputError("--older-than", older_than_days, "a number of days, 0 or more")
+    return clean_records(status(), None if older_than_days is None else older_than_days * 86400, outputs,
+                         dry_run, time.time())
 
 
 def wait(job_id: str, timeout_s: float | None = None, poll_s: float = 1.0) -> JobStatus:

@@ -15,9 +15,10 @@ from pathlib import Path
 
 from stjobs import __version__, api
 from stjobs.backends import BACKENDS
-from stjobs.cliparse import SHELLS, Parser, completion_script, unknown_flag_hint
+from stjobs.cliparse import SHELLS, Parser, clean_arguments, completion_script, unknown_flag_hint
 from stjobs.config import DEFAULT_SPEC, SPEC_FLAGS, Override, load_spec, spec_file
 from stjobs.errors import EnvError, StjobsError
+from stjobs.jobs import Cleaned, clean_summary, remove_cleaned
 from stjobs.plan import write_plan
 from stjobs.spec import JobSpec
 
@@ -142,6 +143,31 @@ def cmd_cancel(args: argparse.Namespace) -> int:
     final = api.cancel(args.job_id)
     print(f"{final.record.job_id}: {final.state.value}")
     return 0
+
+
+def cmd_clean(args: argparse.Namespace) -> int:
+    """Asks first unless --yes, as ``docker system prune``; --dry-run only lists. Exit 1 when a record stays."""
+    ask = not (args.yes or args.dry_run)
+    if ask and not sys.stdin.isatty():
+        raise UsageFailure("--yes: got neither --yes nor --dry-run and stdin is not a terminal to ask on; expected "
+                           "--yes to remove without asking, or --dry-run to only list what would go")
+    items = _say(api.clean(args.older_than, args.outputs, dry_run=args.dry_run or ask), args.dry_run or ask)
+    if ask and any(not item.kept for item in items):
+        if input(clean_summary(items, True).replace("would ", "") + "? [y/N] ").strip().lower() not in ("y", "yes"):
+            print("nothing removed")
+            return 1
+        done = remove_cleaned(items)
+        _say([new for old, new in zip(items, done, strict=True) if new.kept != old.kept], False)  # failures
+        items = done
+    print(clean_summary(items, args.dry_run))
+    return 1 if any(item.kept for item in items) else 0
+
+
+def _say(items: list[Cleaned], dry_run: bool) -> list[Cleaned]:
+    for item in items:  # a record that stays is said on stderr
+        print(f"stjobs clean: {item.line(dry_run)}" if item.kept else item.line(dry_run),
+              file=sys.stderr if item.kept else sys.stdout)
+    return items
 
 
 def cmd_image_render(args: argparse.Namespace) -> int:
@@ -302,6 +328,7 @@ COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None]]] = {
     "logs": ("print a job's output", _logs_parser),
     "plot": ("a PNG of a job's loss, learning rate, samples/s and eval scores", _plot_parser),
     "cancel": ("cancel a job and wait until it stopped", _cancel_parser),
+    "clean": ("remove finished jobs' records (and outputs)", lambda parser: clean_arguments(parser, cmd_clean)),
     "image": ("render or build the job's container image", _image_parser),
     "bench": ("compare no parallelism, DP, DDP, FSDP and stjobs' defaults on this machine", _bench_parser),
     "schema": ("print the job spec's JSON Schema", _schema_parser),

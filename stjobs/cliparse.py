@@ -7,7 +7,7 @@ are imported on the paths that need them only (an error, ``stjobs completion``):
 from __future__ import annotations
 
 import argparse
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, NoReturn
 
 SHELLS = ("bash", "zsh")
@@ -57,6 +57,16 @@ def unknown_flag_hint(parser: argparse.ArgumentParser, args: argparse.Namespace,
     """``did you mean --nodes?`` for the first unknown long option of ``extra`` near one of the command's own."""
     options = [flag for action in command_parser(parser, args)._actions for flag in action.option_strings]
     return next((did_you_mean(item.partition("=")[0], options) for item in extra if item.startswith("--")), "")
+
+
+def clean_arguments(clean: argparse.ArgumentParser, run: Callable[[argparse.Namespace], int]) -> None:
+    """``stjobs clean``'s flags; ``run`` is the command (in :mod:`stjobs.cli`: asks, then removes)."""
+    clean.add_argument("--older-than", type=float, default=None, metavar="DAYS",
+                       help="only jobs submitted more than DAYS ago (default: every finished job)")
+    clean.add_argument("--outputs", action="store_true", help="also remove each job's output directory")
+    clean.add_argument("--dry-run", action="store_true", help="list what would be removed; remove nothing")
+    clean.add_argument("--yes", "-y", action="store_true", help="remove without asking")
+    clean.set_defaults(run=run)
 
 
 def completion_script(parser: argparse.ArgumentParser, shell: str) -> str:

@@ -11,7 +11,7 @@ import json
 import os
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from enum import Enum
 from pathlib import Path
 
@@ -186,3 +186,131 @@ def wait_until_finished(poll: Callable[[], JobStatus], wait_s: float, poll_s: fl
         time.sleep(poll_s)
         current = poll()
     return current
+
+
+def name_outputs(record: JobRecord, output_dir: str, workdir: str) -> JobRecord:
+    """The record with the job's workdir and output directory as this machine sees them (saved), so ``clean
+    --outputs`` removes exactly what the job wrote to, never a path guessed later. A record without ``cwd`` (k8s:
+    the outputs are in the pod's volumes, not here) names none."""
+    cwd = record.details.get("cwd")
+    if not isinstance(cwd, str):
+        return record
+    where = os.path.normpath(os.path.join(cwd, workdir))
+    named = replace(record, details={**record.details, "workdir": where,
+                                     "output_dir": os.path.normpath(os.path.join(where, output_dir))})
+    named.save()
+    return named
+
+
+@dataclass(frozen=True)
+class Cleaned:
+    """A finished job ``clean`` removed (with ``dry_run``: would remove), or kept with ``kept`` saying why."""
+
+    status: JobStatus
+    age_s: float
+    paths: tuple[str, ...]  # the job directory, then the output directory when it goes too
+    size_bytes: int
+    removed: bool = False
+    note: str = ""  # why the outputs stay although asked for, when that is no reason to keep the record
+    kept: str = ""  # one line: why the record stays (its outputs refused, a removal failed)
+
+    def line(self, dry_run: bool) -> str:
+        job = f"{self.status.record.job_id}  {self.status.state.value}  {self.age_s / 86400:.1f} days"
+        if self.kept:
+            return f"kept {job}: {self.kept}"
+        what = ", ".join(["record", *(f"outputs {path}" for path in self.paths[1:])])
+        extra = f"; {self.note}" if self.note else ""
+        return f"{'would remove' if dry_run else 'removed'} {job}  {what} ({self.size_bytes / 1e6:.1f} MB){extra}"
+
+
+def clean_records(rows: list[JobStatus], older_than_s: float | None, outputs: bool, dry_run: bool,
+                  now: float) -> list[Cleaned]:
+    """Remove (unless ``dry_run``) the directories of the finished jobs among ``rows`` submitted more than
+    ``older_than_s`` ago, with ``outputs`` their output directories too: see :func:`outputs_refusal`."""
+    chosen = [row for row in rows if row.state.finished
+              and (older_than_s is None or now - row.record.submitted_at > older_than_s)]
+    picked = {id(row) for row in chosen}
+    # An output directory another job still names (the default outputs/NAME is shared by every job of a name):
+    # removing it would take the newer or running job's checkpoints.
+    kept_outputs = {str(row.record.details["output_dir"]): row.record.job_id for row in rows
+                    if id(row) not in picked and "output_dir" in row.record.details}
+    done = []
+    for row in chosen:
+        job_dir = record_dir(row.record)
+        if job_dir is None:
+            continue  # not a directory under jobs_root(): nothing clean may touch
+        paths, note, kept = [job_dir], "", ""
+        if outputs:
+            output, note, kept = outputs_refusal(row.record, kept_outputs)
+            paths += [output] if output is not None else []
+        item = Cleaned(row, now - row.record.submitted_at, tuple(map(str, paths)),
+                       sum(tree_size(path) for path in paths), kept=kept, note=note)
+        done.append(item)
+    return done if dry_run else remove_cleaned(done)
+
+
+def remove_cleaned(items: list[Cleaned]) -> list[Cleaned]:
+    """Remove what a dry run of :func:`clean_records` listed (the records it keeps stay)."""
+    return [item if item.kept or item.removed else _remove(item) for item in items]
+
+
+def clean_summary(items: list[Cleaned], dry_run: bool) -> str:
+    going = [item for item in items if not item.kept]
+    size = sum(item.size_bytes for item in going)
+    return f"{'would remove' if dry_run else 'removed'} {len(going)} job record(s) ({size / 1e6:.1f} MB)"
+
+
+def _remove(item: Cleaned) -> Cleaned:
+    import shutil
+
+    for path in map(Path, reversed(item.paths)):  # the outputs first: no record goes while its outputs stay
+        try:
+            shutil.rmtree(path)
+        except OSError as error:
+            return replace(item, kept=f"{path}: {error.strerror or error} (removing it failed)")
+    return replace(item, removed=True)
+
+
+def record_dir(record: JobRecord) -> Path | None:
+    """The record's own directory, only where it is one directly under jobs_root() (not a link)."""
+    root = jobs_root().resolve()
+    for path in (jobs_root() / record.job_id, Path(record.job_dir)):
+        if path.is_dir() and not path.is_symlink() and path.resolve().parent == root \
+                and (path / "job.json").is_file():
+            return path
+    return None
+
+
+def outputs_refusal(record: JobRecord, kept_outputs: dict[str, str]) -> tuple[Path | None, str, str]:
+    """The output directory to remove with the record, or None and a note (nothing to remove: the record may go)
+    or a refusal (a path that is not the job's alone: the record stays, so its outputs are not forgotten)."""
+    named = record.details.get("output_dir")
+    if not isinstance(named, str) or not os.path.isabs(named):
+        return None, "no output directory in the record", ""
+    path = Path(named)
+    if not path.exists() and not path.is_symlink():
+        return None, f"outputs {path} do not exist", ""
+    real = path.resolve()
+    guarded = {"/": Path("/"), "the home directory": Path.home(), "STJOBS_HOME": stjobs_home(),
+               "this directory": Path.cwd()}
+    for key in ("workdir", "cwd"):
+        if isinstance(record.details.get(key), str):
+            guarded[f"the job's {key}"] = Path(str(record.details[key]))
+    why = ("is a symbolic link" if path.is_symlink() else "is not a directory" if not path.is_dir() else
+           next((f"holds {name} ({place})" if place.resolve() != real else f"is {name}"
+                 for name, place in guarded.items() if place.resolve().is_relative_to(real)), ""))
+    if not why and named in kept_outputs:
+        why = f"is also the output directory of job {kept_outputs[named]}, which stays"
+    if why:
+        return None, "", f"outputs {named} refused: it {why}; the record stays (clean without --outputs removes it)"
+    return path, "", ""
+
+
+def tree_size(path: Path) -> int:
+    """Bytes under ``path``, links not followed."""
+    total = 0
+    for root, _, files in os.walk(path):
+        for name in files:
+            with contextlib.suppress(OSError):
+                total += os.lstat(os.path.join(root, name)).st_size
+    return total
