@@ -321,7 +321,14 @@ def _completion_parser(completion: argparse.ArgumentParser) -> None:
     completion.set_defaults(run=cmd_completion)
 
 
+def _init_parser(init: argparse.ArgumentParser) -> None:
+    from stjobs.init import add_arguments  # only `stjobs init` (and --help, completion) loads it
+
+    add_arguments(init)
+
+
 COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None]]] = {
+    "init": ("write a starting spec (and script) for this machine, SLURM site or cluster", _init_parser),
     "render": ("render SPEC for a backend and print the plan", _render_parser),
     "submit": ("submit SPEC to a backend; prints the job id", _submit_parser),
     "status": ("one job's state, or a table of all jobs", _status_parser),
