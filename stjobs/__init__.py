@@ -15,7 +15,7 @@ _EXPORTS = {
     "cancel": "stjobs.api", "job_status": "stjobs.api", "logs": "stjobs.api", "render": "stjobs.api",
     "render_to": "stjobs.api", "render_job": "stjobs.api", "render_image": "stjobs.api", "build_image": "stjobs.api",
     "status": "stjobs.api", "submit": "stjobs.api", "wait": "stjobs.api",
-    "load_spec": "stjobs.config", "validate_spec": "stjobs.config",
+    "load_spec": "stjobs.config", "validate_spec": "stjobs.config", "explain_spec": "stjobs.config",
     "RenderError": "stjobs.errors", "SpecError": "stjobs.errors", "StjobsError": "stjobs.errors",
     "SubmitError": "stjobs.errors", "UsageError": "stjobs.errors", "InputError": "stjobs.errors",
     "EnvError": "stjobs.errors", "OutputError": "stjobs.errors",
@@ -31,7 +31,7 @@ __all__ = [
     "build_image", "JobRecord", "JobSpec", "JobStatus", "LaunchPlan", "Launcher", "Plan", "RenderError", "RenderedFile",
     "SpecError", "State", "StjobsError", "Strategy", "SubmitError", "UsageError", "build_launch", "cancel",
     "job_status", "load_spec", "logs", "render", "render_image", "render_job", "render_to",
-    "status", "submit", "validate_spec", "wait",
+    "status", "submit", "validate_spec", "wait", "explain_spec",
     "write_plan",
 ]
 
@@ -64,7 +64,7 @@ if TYPE_CHECKING:
         wait,
     )
     from stjobs.bench import BenchOptions, BenchReport, run_bench
-    from stjobs.config import load_spec, validate_spec
+    from stjobs.config import explain_spec, load_spec, validate_spec
     from stjobs.errors import (
         EnvError,
         InputError,

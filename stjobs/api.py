@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from stjobs import gpus, images
 from stjobs.backends import backend_module
+from stjobs.defaults import note as defaults_note
 from stjobs.errors import InputError, SpecError, StjobsError
 from stjobs.launch import fsdp_note, option_value
 from stjobs.plan import no_world_write, write_plan
@@ -29,7 +30,7 @@ def render(spec: JobSpec, backend: str = "local", k8s_schemas: str | Path | None
     ``k8s_schemas``: a directory with the Kubeflow CRD files; the k8s backend then checks its manifest strictly
     against them (without it the plan notes that the check was skipped); the others refuse it."""
     plan = backend_module(backend).render(spec, Path(k8s_schemas) if k8s_schemas is not None else None)
-    notes = [note for note in (batch_note(spec), gpu_note(spec), fsdp_note(spec)) if note]
+    notes = [note for note in (batch_note(spec), gpu_note(spec), fsdp_note(spec), defaults_note(spec)) if note]
     return replace(plan, notes=(*plan.notes, *notes)) if notes else plan
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 from stjobs import __version__, api
 from stjobs.backends import BACKENDS
 from stjobs.cliparse import SHELLS, Parser, clean_arguments, completion_script, unknown_flag_hint
-from stjobs.config import DEFAULT_SPEC, SPEC_FLAGS, Override, load_spec, spec_file
+from stjobs.config import DEFAULT_SPEC, SPEC_FLAGS, Override, explain_spec, load_spec, spec_file
 from stjobs.errors import EnvError, StjobsError
 from stjobs.jobs import Cleaned, clean_summary, remove_cleaned
 from stjobs.plan import write_plan
@@ -48,11 +48,23 @@ def k8s_schemas(args: argparse.Namespace) -> str | None:
     return from_env
 
 
-def spec_from(args: argparse.Namespace) -> JobSpec:
+def spec_inputs(args: argparse.Namespace) -> tuple[str | None, list[Override], list[str]]:
+    """The spec file, the flags' overrides and the --set items a command's spec is made of."""
     overrides: list[Override] = [(field, getattr(args, field)) for _, field, _ in SPEC_FLAGS
                                  if getattr(args, field) is not None]
     command = " ".join(filter(None, (args.command, getattr(args, "image_command", None))))
-    return load_spec(spec_file(args.spec, overrides, args.sets, command), overrides, args.sets)
+    return spec_file(args.spec, overrides, args.sets, command), overrides, args.sets
+
+
+def spec_from(args: argparse.Namespace) -> JobSpec:
+    return load_spec(*spec_inputs(args))
+
+
+def explained(args: argparse.Namespace) -> str:
+    """``render --explain``: each value that is not a packaged default, and where it came from."""
+    rows = explain_spec(*spec_inputs(args))
+    return "".join(["values (where each came from; packaged defaults not listed):\n",
+                    *(f"  {row.line()}\n" for row in rows)])
 
 
 def cmd_render(args: argparse.Namespace) -> int:
@@ -62,15 +74,17 @@ def cmd_render(args: argparse.Namespace) -> int:
     if args.dry_run and args.force:
         raise UsageFailure("--force: got --force with --dry-run; expected -o DIR (--force replaces an output "
                            "directory, and --dry-run writes none)")
-    if args.output is None and not args.dry_run:
+    if args.output is None and not args.dry_run and not args.explain:
         raise UsageFailure("--output: got nothing; expected -o DIR to write the files, or --dry-run to only print "
                            "the plan")
     spec = spec_from(args)
     if args.dry_run:
         print(api.render_job(spec, args.backend, k8s_schemas(args)).describe(), end="")
-    else:
+    elif args.output is not None:
         plan = api.render_to(spec, args.output, args.backend, force=args.force, k8s_schemas=k8s_schemas(args))
         print(plan.describe(args.output), end="")
+    if args.explain:
+        print(explained(args), end="")
     return 0
 
 
@@ -213,6 +227,9 @@ def _render_parser(render: argparse.ArgumentParser) -> None:
     render.add_argument("--output", "-o", help="directory to write the files into")
     render.add_argument("--dry-run", action="store_true", help="print the plan; write nothing")
     render.add_argument("--force", action="store_true", help="replace a non-empty output directory")
+    render.add_argument("--explain", action="store_true", help="list each value set above the packaged "
+                        "defaults and where it came from (site or user defaults, spec, flag, --set); alone it "
+                        "renders nothing")
     render.set_defaults(run=cmd_render)
 
 

@@ -232,11 +232,9 @@ def _spec_fields(block: Any) -> list[dataclasses.Field[Any]]:
 B = TypeVar("B")
 
 
-def build(block: type[B], data: Any, where: str = "") -> B:
-    """Parse ``data`` into the dataclass ``block``: unknown keys refused with a suggestion, each field by its
-    parser. A block's optional ``_resolve(values)`` then fills derived defaults and checks cross-field rules."""
-    if data is None:
-        data = {}
+def check_keys(block: type[Any], data: Any, where: str = "") -> dict[str, dataclasses.Field[Any]]:
+    """``block``'s spec fields by name, once every key of the mapping ``data`` is one of them (an unknown key is
+    refused with the nearest known one, a moved key with where it went)."""
     if not isinstance(data, Mapping):
         raise SpecError(where or "spec", data, f"a mapping of {block.__name__} fields")
     fields = {field.name: field for field in _spec_fields(block)}
@@ -253,6 +251,15 @@ def build(block: type[B], data: Any, where: str = "") -> B:
             scope = where or "the spec"
             raise SpecError(_join(where, str(key)), data[key],
                             f"a known field ({hint}known in {scope}: {', '.join(known)})")
+    return fields
+
+
+def build(block: type[B], data: Any, where: str = "") -> B:
+    """Parse ``data`` into the dataclass ``block``: unknown keys refused with a suggestion, each field by its
+    parser. A block's optional ``_resolve(values)`` then fills derived defaults and checks cross-field rules."""
+    if data is None:
+        data = {}
+    fields = check_keys(block, data, where)
     values: dict[str, Any] = {}
     for name, field in fields.items():
         parser: Parser[Any] = field.metadata["parser"]

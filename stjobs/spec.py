@@ -254,6 +254,9 @@ class JobSpec:
     # Where the spec file was read from: relative paths in it are taken from there. Not a field of the spec
     # language (not in its data or schema); None for a spec built from data, meaning the current directory.
     spec_dir: str | None = internal_field(None)
+    # What the site and user defaults files gave this spec, one "SOURCE: field, field" entry per file that gave a
+    # value (stjobs.defaults): the plan notes it. Not a field of the spec language either.
+    defaults_from: tuple[str, ...] = internal_field(())
     # Old keys that moved: refused with where they went instead of "unknown field".
     _moved: ClassVar[dict[str, str]] = {"local": "python: at the top of the spec (local.python moved there: it "
                                                  "names the interpreter on every backend)"}

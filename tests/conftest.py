@@ -27,6 +27,10 @@ def _isolated_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest
     """Every test gets its own STJOBS_HOME: jobs from one test never show up in another's status table."""
     home = tmp_path_factory.mktemp("stjobs-home")
     monkeypatch.setenv("STJOBS_HOME", str(home))
+    # No site or user defaults file reaches a test (CI runs as root: a stray /etc/stjobs/defaults.yaml would):
+    # set empty, these read none; tests/test_site_defaults.py sets its own.
+    monkeypatch.setenv("STJOBS_SITE_DEFAULTS", "")
+    monkeypatch.setenv("STJOBS_DEFAULTS", "")
     return home
 
 
