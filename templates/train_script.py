@@ -40,9 +40,10 @@ def main() -> None:
         losses,
     )
 
+    from stjobs.train import model_path
     from stjobs.train.callbacks import PreemptionCallback, resume_checkpoint  # stjobs: the import
 
-    model = SentenceTransformer(args.model)
+    model = SentenceTransformer(model_path(args.model))  # a name stjobs resolves offline, else as given
     train = Dataset.from_json(args.train_data)
     training_args = SentenceTransformerTrainingArguments(
         output_dir=args.output_dir,
