@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -19,8 +19,9 @@ from stjobs.train.args import DEFAULT_PER_DEVICE_BATCH_SIZE, TrainConfigError, b
 from stjobs.train.losses import IN_BATCH_NEGATIVE_LOSSES, canonical_loss
 
 if TYPE_CHECKING:
-    from stjobs.jobs import Cleaned, JobRecord, JobStatus
+    from stjobs.jobs import Cleaned, JobRecord, JobStatus, State
     from stjobs.plan import Plan
+    from stjobs.progress import Progress
     from stjobs.spec import JobSpec
 
 
@@ -146,19 +147,44 @@ def submit(spec: JobSpec, backend: str = "local", k8s_schemas: str | Path | None
         return name_outputs(module.submit(plan, **options), plan.spec.output_dir, plan.spec.workdir_path)
 
 
-def status(job_id: str | None = None) -> list[JobStatus]:
+def status(job_id: str | None = None, states: Collection[State] = (), backends: Collection[str] = (),
+           name: str | None = None) -> list[JobStatus]:
     """One job's status, or every job's, in the order of the records: each backend's jobs asked for together
-    (200 SLURM jobs are one sacct and one squeue, not 200 of each)."""
+    (200 SLURM jobs are one sacct and one squeue, not 200 of each). ``backends`` and ``name`` (an fnmatch
+    pattern of the job's name) choose the records before any scheduler is asked, ``states`` the answers."""
+    from fnmatch import fnmatch
+
     from stjobs.jobs import list_records, load_record  # job control only: keeps `render` light
 
-    records = [load_record(job_id)] if job_id else list_records()
+    wanted = set(backends)
+    records = [record for record in ([load_record(job_id)] if job_id else list_records())
+               if (not wanted or {record.backend} & wanted) and (name is None or fnmatch(record.name, name))]
     groups: dict[str, list[int]] = {}
     for index, record in enumerate(records):
         groups.setdefault(record.backend, []).append(index)
     found: dict[int, JobStatus] = {}
-    for name, indices in groups.items():
-        found.update(zip(indices, _statuses_of(name, [records[index] for index in indices]), strict=True))
-    return [found[index] for index in range(len(records))]
+    for backend, indices in groups.items():
+        found.update(zip(indices, _statuses_of(backend, [records[index] for index in indices]), strict=True))
+    return [found[index] for index in range(len(records)) if not states or found[index].state in states]
+
+
+def status_rows(job_id: str | None = None, states: Collection[State] = (), backends: Collection[str] = (),
+                name: str | None = None) -> list[tuple[JobStatus, Progress | None]]:
+    """:func:`status` with each job's progress (:func:`progress`): what ``stjobs status`` shows."""
+    return [(row, progress(row)) for row in status(job_id, states, backends, name)]
+
+
+def progress(job: JobStatus) -> Progress | None:
+    """How far the job is, from the events in the tail of its rank-0 output (:mod:`stjobs.progress`); read only
+    for a job that runs or has finished (a finished one's answer is kept in its directory), None without events."""
+    from stjobs.jobs import State
+    from stjobs.progress import read_progress
+
+    if job.state in (State.PENDING, State.UNKNOWN):
+        return None
+    record = job.record
+    return read_progress(backend_module(record.backend).output_file(record), Path(record.job_dir),
+                         job.state.finished)
 
 
 def _statuses_of(name: str, records: list[JobRecord]) -> list[JobStatus]:

@@ -7,6 +7,7 @@ stdlib parser costs a fraction of click's import. Parsed arguments become a spec
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import sys
@@ -114,22 +115,20 @@ def _warn_strategy(job_id: str) -> None:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    rows = api.status(args.job_id)
+    from stjobs import statustable
+
+    if args.watch is not None and args.json:
+        raise UsageFailure(f"--watch: got --watch with --json; expected one of them (--json prints each job once, "
+                           f"for scripts: run it every {args.watch:g} s yourself)")
+    query = functools.partial(api.status_rows, args.job_id, args.state, args.backend, args.name)
+    if args.watch is not None:
+        return statustable.watch(query, args.watch)
+    rows = query()
     if args.json:
         for row in rows:
-            print(json.dumps({"job_id": row.record.job_id, "backend": row.record.backend, "state": row.state.value,
-                              "exit_code": row.exit_code, "requeues": row.requeues, "reason": row.reason}))
+            print(json.dumps(statustable.as_json(row)))
         return 0
-    from rich.console import Console  # only the table needs rich
-    from rich.table import Table
-
-    table = Table("job", "backend", "nodes x procs", "state", "exit", "requeues", "reason", box=None)
-    for row in rows:
-        record = row.record
-        table.add_row(record.job_id, record.backend, f"{record.nodes}x{record.procs_per_node}", row.state.value,
-                      "" if row.exit_code is None else str(row.exit_code), str(row.requeues) if row.requeues else "",
-                      row.reason)
-    Console(width=200).print(table)
+    print(statustable.table(rows, width=statustable.terminal_width(sys.stdout)), end="")
     if args.job_id:
         _warn_strategy(args.job_id)
     return 0
@@ -243,8 +242,9 @@ def _submit_parser(submit: argparse.ArgumentParser) -> None:
 
 
 def _status_parser(status: argparse.ArgumentParser) -> None:
-    status.add_argument("job_id", nargs="?", metavar="JOB")
-    status.add_argument("--json", action="store_true", help="one JSON object per job")
+    from stjobs.cliparse import status_arguments
+
+    status_arguments(status, BACKENDS)
     status.set_defaults(run=cmd_status)
 
 

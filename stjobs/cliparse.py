@@ -44,6 +44,42 @@ def did_you_mean(word: str, known: Iterable[object]) -> str:
     return f"did you mean {guess[0]}?" if guess else ""
 
 
+def status_arguments(status: argparse.ArgumentParser, backends: Iterable[str]) -> None:
+    """``stjobs status``'s flags (the command is in :mod:`stjobs.cli`, the table in :mod:`stjobs.statustable`)."""
+    status.add_argument("job_id", nargs="?", metavar="JOB")
+    status.add_argument("--json", action="store_true", help="one JSON object per job")
+    status.add_argument("--state", type=states, default=(), metavar="STATE[,STATE]",
+                        help="only jobs in these states, e.g. RUNNING,PENDING")
+    status.add_argument("--backend", "-b", choices=sorted(backends), action="append", default=[],
+                        help="only this backend's jobs (repeatable)")
+    status.add_argument("--name", metavar="GLOB", default=None, help="only jobs whose name matches, e.g. 'bert-*'")
+    status.add_argument("--watch", "-w", type=seconds, nargs="?", const=2.0, default=None, metavar="SECONDS",
+                        help="redraw the table every SECONDS (default 2) until Ctrl-C")
+
+
+def states(text: str) -> tuple[Any, ...]:
+    """``RUNNING,pending`` as job states (any case); one unknown word refuses the lot, naming every state."""
+    from stjobs.jobs import State  # only when the flag is given: `render` never loads the job records' module
+
+    words = [word.strip().upper() for word in text.split(",") if word.strip()]
+    wrong = [word for word in words if word not in State.__members__]
+    if wrong or not words:
+        raise argparse.ArgumentTypeError(f"got {text!r}; expected states separated by commas, of "
+                                         f"{', '.join(State.__members__)} (any case)")
+    return tuple(State[word] for word in dict.fromkeys(words))
+
+
+def seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"got {text!r}; expected seconds between refreshes, a number above 0 "
+                                         "(give a JOB before --watch)")
+    return value
+
+
 def command_parser(parser: argparse.ArgumentParser, args: argparse.Namespace) -> argparse.ArgumentParser:
     """The parser of the command that ran, e.g. ``stjobs image render``'s (two levels down)."""
     while True:

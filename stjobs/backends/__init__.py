@@ -4,8 +4,10 @@
 its build files come with the render), ``check(plan, ...)`` (what must hold on this machine before anything is
 written), ``submit(plan, ...) -> JobRecord`` (side effects), and for job control ``status(record)``,
 ``statuses(records)`` (a listing: many jobs in one query of the scheduler, never one per job),
-``logs(record, follow, rank)``, ``cancel(record)``. Packages are imported on first use, so rendering for one
-backend never imports another backend's client library; what several backends share is in ``common``.
+``logs(record, follow, rank)``, ``cancel(record)``, and ``output_file(record)`` (the file on this machine that
+holds rank 0's output, whose tail ``stjobs status`` reads the job's progress from; None where there is none).
+Packages are imported on first use, so rendering for one backend never imports another backend's client library;
+what several backends share is in ``common``.
 """
 
 from __future__ import annotations
@@ -42,6 +44,8 @@ class Backend(Protocol):
     def logs(self, record: JobRecord, follow: bool = False, rank: int | None = None) -> Iterator[str]: ...
 
     def cancel(self, record: JobRecord) -> JobStatus: ...
+
+    def output_file(self, record: JobRecord) -> Path | None: ...
 
 
 BACKENDS: dict[str, str] = {

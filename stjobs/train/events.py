@@ -11,6 +11,7 @@ event                 who emits   fields besides ``event`` and ``rank``
 ``start``             every rank  ``world_size``, ``local_rank``, ``strategy``, ``backend`` (null when not distributed),
                                   ``model``, ``train_rows``, ``kind``, ``loss``, ``learning_rate``,
                                   ``per_device_batch_size``, ``global_batch_size``, ``gather_across_devices``,
+                                  ``max_steps`` and ``epochs`` (the planned length: one is null),
                                   ``datasets`` (``[{name, kind, loss, rows}]``, one per --train-data; with several,
                                   ``kind`` and ``loss`` join theirs with ``+``, ``train_rows`` is the sum)
 ``no_evaluator``      rank 0      ``data``, ``kind``: an --eval-data of a kind without an evaluator (labelled), unused

@@ -125,6 +125,8 @@ def train(config: TrainConfig) -> int:
                 kind="+".join(item.kind for item in train_sets), loss="+".join(loss_names),
                 datasets=[item.describe() for item in train_sets], learning_rate=config.learning_rate,
                 per_device_batch_size=per_device, global_batch_size=global_batch,
+                # The planned length (one of them is set), so `stjobs status` can say step N of M.
+                max_steps=config.max_steps, epochs=config.epochs,
                 gather_across_devices=config.gather_across_devices and world > 1 and any(in_batch),
                 # Which node this rank ran on: SLURM's node name (several nodes may share one host in tests).
                 node=os.environ.get("SLURMD_NODENAME") or socket.gethostname(),

@@ -15,10 +15,13 @@ from typing import TYPE_CHECKING, Any
 from stjobs.backends.k8s.renderer import NAME, render, uses_image
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from stjobs.jobs import JobRecord, JobStatus
     from stjobs.plan import Plan
 
-__all__ = ["NAME", "cancel", "check", "logs", "render", "status", "statuses", "submit", "uses_image"]
+__all__ = ["NAME", "cancel", "check", "logs", "output_file", "render", "status", "statuses", "submit",
+           "uses_image"]
 
 
 def check(plan: Plan, **options: Any) -> None:
@@ -47,6 +50,11 @@ def logs(record: JobRecord, follow: bool = False, rank: int | None = None) -> It
     from stjobs.backends.k8s import logstream
 
     return logstream.logs(record, follow=follow, rank=rank)
+
+
+def output_file(record: JobRecord) -> Path | None:
+    """None: the pods' logs live in the cluster (reading them is a call per job), not in a file here."""
+    return None
 
 
 def cancel(record: JobRecord) -> JobStatus:

@@ -8,8 +8,9 @@ process that runs a job) and control (status, logs, cancel), over jobdir (what a
 
 from __future__ import annotations
 
-from stjobs.backends.local.control import cancel, logs, status, statuses
+from stjobs.backends.local.control import cancel, logs, output_file, status, statuses
 from stjobs.backends.local.renderer import NAME, render, uses_image
 from stjobs.backends.local.submission import check, submit
 
-__all__ = ["NAME", "cancel", "check", "logs", "render", "status", "statuses", "submit", "uses_image"]
+__all__ = ["NAME", "cancel", "check", "logs", "output_file", "render", "status", "statuses", "submit",
+           "uses_image"]

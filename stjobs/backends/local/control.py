@@ -50,6 +50,11 @@ def logs(record: JobRecord, follow: bool = False, rank: int | None = None,
     return follow_files(lambda: [path], lambda: status(record).state.finished, follow, rank, poll_s)
 
 
+def output_file(record: JobRecord) -> Path:
+    """The combined console of every rank: rank 0's events are in it."""
+    return Path(record.job_dir) / OUTPUT_LOG
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)

@@ -16,11 +16,13 @@ from typing import TYPE_CHECKING, Any
 from stjobs.backends.slurm.renderer import NAME, render, sbatch_parameters, uses_image
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from stjobs.jobs import JobRecord, JobStatus
     from stjobs.plan import Plan
 
-__all__ = ["NAME", "cancel", "check", "logs", "render", "sbatch_parameters", "status", "statuses", "submit",
-           "uses_image"]
+__all__ = ["NAME", "cancel", "check", "logs", "output_file", "render", "sbatch_parameters", "status", "statuses",
+           "submit", "uses_image"]
 
 
 def check(plan: Plan, **options: Any) -> None:
@@ -51,6 +53,12 @@ def logs(record: JobRecord, follow: bool = False, rank: int | None = None) -> It
     from stjobs.backends.slurm import control
 
     return control.logs(record, follow=follow, rank=rank)
+
+
+def output_file(record: JobRecord) -> Path | None:
+    from stjobs.backends.slurm.jobfiles import rank0_output
+
+    return rank0_output(record)
 
 
 def cancel(record: JobRecord) -> JobStatus:

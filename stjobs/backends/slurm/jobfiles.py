@@ -52,6 +52,12 @@ def output_files(record: JobRecord) -> list[Path]:
     return [Path(output)]
 
 
+def rank0_output(record: JobRecord) -> Path | None:
+    """The file rank 0 writes to: the batch file's output, or submitit's log of the first node's task."""
+    output = record.details.get("output")
+    return Path(str(output)) if output else None
+
+
 def remember(record: JobRecord, seen: Seen) -> None:
     """Keep slurmctld's word on a finished job in its directory, for when slurmctld has forgotten it."""
     path = Path(record.job_dir) / SEEN_FILE
