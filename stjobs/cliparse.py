@@ -110,3 +110,35 @@ def completion_script(parser: argparse.ArgumentParser, shell: str) -> str:
     import shtab
 
     return shtab.complete(parser, shell=shell)
+
+
+def bench_arguments(bench: argparse.ArgumentParser) -> None:
+    """``stjobs bench``'s flags; its defaults depend on the machine (stjobs.bench.options)."""
+    from stjobs.bench.options import CPU_DEFAULTS, GPU_DEFAULTS, MODEL_SIZES, PRECISIONS, BenchOptions
+
+    default = BenchOptions()
+
+    def machine_default(key: str) -> str:
+        return f"default: {getattr(GPU_DEFAULTS, key)} on GPUs, {getattr(CPU_DEFAULTS, key)} on CPUs"
+
+    bench.add_argument("--model", default=None, help="a local SentenceTransformer directory (default: the "
+                       "mpnet-base architecture with random weights, of --model-size)")
+    bench.add_argument("--model-size", choices=MODEL_SIZES, default=None,
+                       help=f"the generated MPNet: base (mpnet-base's 12 x 768), small, tiny "
+                            f"({machine_default('model_size')})")
+    bench.add_argument("--per-device-batch-size", type=int, default=default.per_device_batch_size,
+                       help=f"default {default.per_device_batch_size}, as the docs")
+    bench.add_argument("--max-seq-length", type=int, default=None, help=machine_default("max_seq_length"))
+    bench.add_argument("--steps", type=int, default=None,
+                       help=f"optimisation steps per row ({machine_default('steps')})")
+    bench.add_argument("--skip-steps", type=int, default=None,
+                       help=f"warm-up steps left out of samples/s ({machine_default('skip_steps')}; at most a "
+                            "quarter of --steps)")
+    bench.add_argument("--data-rows", type=int, default=None,
+                       help="generated training rows per dataset (default: enough that no row repeats)")
+    bench.add_argument("--precision", choices=PRECISIONS, default=default.precision,
+                       help="auto (default): fp16 on V100 as the docs, bf16 from Ampere on, fp32 on CPUs")
+    bench.add_argument("--learning-rate", type=float, default=None, help="default: the training's")
+    bench.add_argument("--processes", type=int, default=None, help="DDP processes (default: GPUs, else CPU cores)")
+    bench.add_argument("--seed", type=int, default=default.seed)
+    bench.add_argument("--out", default=str(default.out_dir), help="directory for bench.json, bench.png, runs")
