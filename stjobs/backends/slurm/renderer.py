@@ -145,7 +145,9 @@ def srun_options(spec: JobSpec) -> list[Arg]:
     if slurm.mpi:
         options.append(f"--mpi={slurm.mpi}")  # only when asked: forcing pmix breaks sites without it
     if slurm.container is Container.pyxis:
-        mounts = ",".join(["${STJOBS_JOB_DIR}:${STJOBS_JOB_DIR}", f"{WORKDIR}:{WORKDIR}", *slurm.container_mounts])
+        # A mount the spec repeats is mounted once, as Apptainer's binds below.
+        mounts = ",".join(dict.fromkeys(["${STJOBS_JOB_DIR}:${STJOBS_JOB_DIR}", f"{WORKDIR}:{WORKDIR}",
+                                         *slurm.container_mounts]))
         options += [f"--container-image={pyxis_image(spec.image or '')}", Ref(f"--container-mounts={mounts}"),
                     Ref(f"--container-workdir={WORKDIR}"), "--no-container-mount-home"]
     return options
