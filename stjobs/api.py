@@ -215,6 +215,15 @@ def logs(job_id: str, follow: bool = False, rank: int | None = None) -> Iterator
     return backend_module(record.backend).logs(record, follow=follow, rank=rank)
 
 
+def shows_progress(job_id: str) -> bool:
+    """Whether the job runs the built-in training, whose output the CLI shows as progress (its events); a script's
+    own output is shown as it is."""
+    from stjobs.jobs import load_record
+    from stjobs.progress import planned_steps
+
+    return planned_steps(Path(load_record(job_id).job_dir)) is not None
+
+
 def plot(job_id: str, path: str | Path | None = None) -> Path:
     """A PNG of the job's loss, learning rate, samples/s and evaluation scores over steps, drawn from the events
     in its output (any backend: the same text ``logs`` returns); written to ``path``, by default ``plot.png`` in

@@ -98,8 +98,10 @@ def cmd_submit(args: argparse.Namespace) -> int:
     print(f"submitted {record.job_id} ({args.backend}, {record.nodes} node(s) x {record.procs_per_node} "
           f"process(es)); files in {record.job_dir}", flush=True)
     if args.follow:
-        for chunk in api.logs(record.job_id, follow=True):
-            print(chunk, end="", flush=True)
+        from stjobs import console
+
+        console.show(record.job_id, api.logs(record.job_id, follow=True),
+                     "progress" if api.shows_progress(record.job_id) else "raw")
     if not (args.wait or args.follow):
         return 0
     final = api.wait(record.job_id)
@@ -135,8 +137,12 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_logs(args: argparse.Namespace) -> int:
-    for chunk in api.logs(args.job_id, follow=args.follow, rank=args.rank):
-        print(chunk, end="", flush=True)
+    from stjobs import console
+
+    chunks = api.logs(args.job_id, follow=args.follow, rank=args.rank)
+    # One rank's lines, or --raw: as written; else, for the built-in training, the person's view.
+    view = "events" if args.events else "raw" if args.raw or args.rank is not None else None
+    console.show(args.job_id, chunks, view or ("progress" if api.shows_progress(args.job_id) else "raw"))
     return 0
 
 
@@ -251,7 +257,11 @@ def _status_parser(status: argparse.ArgumentParser) -> None:
 def _logs_parser(logs: argparse.ArgumentParser) -> None:
     logs.add_argument("job_id", metavar="JOB")
     logs.add_argument("--follow", "-f", action="store_true", help="keep printing until the job ends")
-    logs.add_argument("--rank", type=int, default=None, help="only this global rank's lines")
+    logs.add_argument("--rank", type=int, default=None, help="only this global rank's lines, as written")
+    shown = logs.add_mutually_exclusive_group()
+    shown.add_argument("--raw", action="store_true", help="every line as written (default for the built-in "
+                       "training: progress, its messages and errors)")
+    shown.add_argument("--events", action="store_true", help="only the training's STJOBS_EVENT lines (JSON)")
     logs.set_defaults(run=cmd_logs)
 
 

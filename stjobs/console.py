@@ -232,3 +232,45 @@ def view(chunks: Iterable[str], tty: bool, width: int = 100, raw_hint: str = "st
     out = console.close()
     if out:
         yield out
+
+
+def whole_lines(chunks: Iterable[str]) -> Iterator[str]:
+    """The text of ``chunks`` cut at line ends: a line split between two chunks comes out whole (events_only needs
+    whole lines); a last line without its end comes out at the end."""
+    rest = ""
+    for chunk in chunks:
+        text = rest + chunk
+        cut = text.rfind("\n") + 1
+        rest = text[cut:]
+        if cut:
+            yield text[:cut]
+    if rest:
+        yield rest
+
+
+def show(job_id: str, chunks: Iterable[str], how: str) -> None:
+    """Write a job's output to stdout ``how`` the user asked: ``raw`` as written, ``events`` only the STJOBS_EVENT
+    lines, ``progress`` as a person reads it (one live line on a terminal, plain lines when piped, the libraries'
+    per-rank noise left in the logs)."""
+    import shutil
+    import sys
+
+    if how == "events":
+        for text in whole_lines(chunks):
+            sys.stdout.write(events_only(text))
+            sys.stdout.flush()
+        return
+    if how != "progress":
+        for chunk in chunks:
+            sys.stdout.write(chunk)
+            sys.stdout.flush()
+        return
+    out = ConsoleView(tty=sys.stdout.isatty(), width=shutil.get_terminal_size().columns,
+                      raw_hint=f"stjobs logs {job_id} --raw")
+    try:
+        for chunk in chunks:
+            sys.stdout.write(out.feed(chunk))
+            sys.stdout.flush()
+    finally:  # Ctrl-C too: never leave the terminal on a live line
+        sys.stdout.write(out.close())
+        sys.stdout.flush()

@@ -267,3 +267,60 @@ def test_a_chained_traceback_and_torchrun_s_failure_line_are_shown() -> None:
         "rank 0: During handling of the above exception, another exception occurred:",
         "rank 0: Traceback (most recent call last):", 'rank 0:   File "a.py", line 3', "rank 0: ValueError: x",
         "E1202 torch/distributed/elastic/multiprocessing/api.py: failed (exitcode: 1)"]
+
+
+def test_whole_lines_joins_lines_split_between_chunks() -> None:
+    from stjobs.console import whole_lines
+
+    assert list(whole_lines(["a\nb", "c\n", "d", "e"])) == ["a\n", "bc\n", "de"]
+    assert list(whole_lines([])) == []
+
+
+def job_with_output(name: str, module: str | None, output: str) -> str:
+    """A finished local job's record, stored spec and console, as the supervisor leaves them."""
+    import time
+
+    from stjobs.jobs import JobRecord, jobs_root
+
+    job_dir = jobs_root() / name
+    job_dir.mkdir(parents=True)
+    JobRecord(job_id=name, backend="local", name=name, job_dir=str(job_dir), submitted_at=time.time(), nodes=1,
+              procs_per_node=2).save()
+    (job_dir / "status.json").write_text('{"state": "COMPLETED", "exit_code": 0}\n')
+    entrypoint = f"module: {module}" if module else "script: train.py"
+    (job_dir / "stjobs.yaml").write_text(f"name: {name}\nentrypoint: {{{entrypoint}, args: [--max-steps, 60]}}\n")
+    (job_dir / "output.log").write_text(output)
+    return name
+
+
+OUTPUT = ('[rank0]:STJOBS_EVENT {"event":"loss","loss":0.5,"rank":0,"step":10}\n'
+          "[rank0]:Some library warning\n[rank1]:tick\n")
+
+
+@pytest.mark.parametrize("flags, expected", [
+    ((), "step 10  loss 0.500\n(2 lines of library output not shown: stjobs logs built-in --raw)\n"),
+    (("--raw",), OUTPUT),
+    (("--events",), 'STJOBS_EVENT {"event":"loss","loss":0.5,"rank":0,"step":10}\n'),
+    (("--rank", "1"), "[rank1]:tick\n"),
+])
+def test_logs_shows_the_built_in_training_as_progress_unless_asked(
+        flags: tuple[str, ...], expected: str, capsys: pytest.CaptureFixture[str]) -> None:
+    from stjobs.cli import main
+
+    job = job_with_output("built-in", "stjobs.train", OUTPUT)
+    assert main(["logs", job, *flags]) == 0
+    assert capsys.readouterr().out == expected
+
+
+def test_a_scripts_output_is_shown_as_written(capsys: pytest.CaptureFixture[str]) -> None:
+    from stjobs.cli import main
+
+    assert main(["logs", job_with_output("own-script", None, OUTPUT)]) == 0
+    assert capsys.readouterr().out == OUTPUT
+
+
+def test_raw_and_events_are_one_choice(capsys: pytest.CaptureFixture[str]) -> None:
+    from stjobs.cli import main
+
+    assert main(["logs", job_with_output("both", "stjobs.train", OUTPUT), "--raw", "--events"]) == 2
+    assert "not allowed with argument" in capsys.readouterr().err

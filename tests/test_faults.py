@@ -136,7 +136,7 @@ def test_local_rank_killed_restarts_and_resumes(tiny_model: Path, tmp_path: Path
                         *training(tiny_model, out)).stdout)
     kill_rank_after_checkpoint(out, ("STJOBS_JOB_ID", job_id), rank="1")
     final = wait_finished(job_id, 300)
-    log = cli("logs", job_id).stdout
+    log = cli("logs", job_id, "--raw").stdout
     assert final["state"] == "COMPLETED", log[-3000:]
     check_resumed_with_no_step_lost_or_repeated(log, out, world=2)
 
@@ -166,7 +166,7 @@ def test_slurm_rank_killed_restarts_and_resumes(slurm_cluster: None, tiny_model:
     job_id = job_of(cli(*slurm_job("--sbatch", "--set", "max_restarts=1"), *training(tiny_model, out)).stdout)
     kill_rank_after_checkpoint(out, ("SLURM_JOB_ID", slurm_id(job_id)), rank="1")
     final = wait_finished(job_id, 300)
-    log = cli("logs", job_id).stdout
+    log = cli("logs", job_id, "--raw").stdout
     assert final["state"] == "COMPLETED", log[-3000:]
     check_resumed_with_no_step_lost_or_repeated(log, out, world=2)
 
@@ -180,17 +180,17 @@ def test_slurm_requeue_resumes_then_a_preemption_past_the_cap_fails(slurm_cluste
     number = slurm_id(job_id)
 
     def losses() -> list[dict[str, Any]]:
-        return [e for e in parse_events(cli("logs", job_id).stdout) if e["event"] == "loss"]
+        return [e for e in parse_events(cli("logs", job_id, "--raw").stdout) if e["event"] == "loss"]
 
     wait_for("the first loss", losses, 300, poll_s=1)
     # From outside, the way an admin or a preempting job does it: SLURM sends SIGTERM (KillWait 5 s here).
     subprocess.run(["scontrol", "requeue", number], check=True)
     wait_for("the requeued run to resume", lambda: any(
-        e["event"] == "resumed" for e in parse_events(cli("logs", job_id).stdout)), 420, poll_s=2)
+        e["event"] == "resumed" for e in parse_events(cli("logs", job_id, "--raw").stdout)), 420, poll_s=2)
     running = job_state(job_id)
     assert running["requeues"] == 1 and running["state"] in ("RUNNING", "PENDING"), running
     assert "requeues" in cli("status").stdout.splitlines()[0]
-    events = parse_events(cli("logs", job_id).stdout)
+    events = parse_events(cli("logs", job_id, "--raw").stdout)
     preempted = [e for e in events if e["event"] == "preempted"]
     assert preempted and all(e["signal"] == "SIGTERM" for e in preempted)
     assert [e for e in events if e["event"] == "resumed"][0]["checkpoint"] == preempted[0]["checkpoint"]
@@ -203,7 +203,7 @@ def test_slurm_requeue_resumes_then_a_preemption_past_the_cap_fails(slurm_cluste
     assert final["state"] == "FAILED" and final["exit_code"] == 75, final
     assert final["requeues"] == 1
     assert "slurm.max_requeues=1" in final["reason"] and "last checkpoint is kept" in final["reason"], final
-    last = [e for e in parse_events(cli("logs", job_id).stdout) if e["event"] == "preempted"][-1]
+    last = [e for e in parse_events(cli("logs", job_id, "--raw").stdout) if e["event"] == "preempted"][-1]
     assert complete_checkpoint(out, int(last["step"]))
     assert not (out / "final").exists()
 
@@ -214,7 +214,7 @@ def test_slurm_lost_node_ends_the_step_at_once(slurm_cluster: None, tiny_model: 
     job_id = job_of(cli(*slurm_job("--sbatch"), *training(tiny_model, out, 100000)).stdout)
     number = slurm_id(job_id)
     wait_for("the first loss", lambda: any(
-        e["event"] == "loss" for e in parse_events(cli("logs", job_id).stdout)), 300, poll_s=1)
+        e["event"] == "loss" for e in parse_events(cli("logs", job_id, "--raw").stdout)), 300, poll_s=1)
     agents = [pid for pid, env in processes(("SLURM_JOB_ID", number), "torch.distributed.run")
               if env.get("SLURMD_NODENAME") == "n2"]
     assert len(agents) == 1, agents

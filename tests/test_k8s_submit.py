@@ -123,7 +123,7 @@ def test_cli_submit_status_logs_cancel(fake: FakeKube) -> None:
     assert state() == ("RUNNING", "")
 
     fake.add_pytorchjob_pods("tiny", ["[rank0]: step 1\n[rank1]: step 1\n", "[rank2]: step 1\n[rank3]: step 1\n"])
-    logs = cli("logs", job_id)
+    logs = cli("logs", job_id, "--raw")
     assert logs.returncode == 0, logs.stderr
     assert logs.stdout == ("==> tiny-master-0 <==\n[rank0]: step 1\n[rank1]: step 1\n"
                            "==> tiny-worker-0 <==\n[rank2]: step 1\n[rank3]: step 1\n")

@@ -40,7 +40,7 @@ def test_two_process_ddp_training(tiny_model: Path, tmp_path: Path) -> None:
     assert done.stdout.strip().endswith(f"{job_id}: COMPLETED"), done.stdout
     assert job_state(job_id)["state"] == "COMPLETED"
 
-    log = cli("logs", job_id).stdout
+    log = cli("logs", job_id, "--raw").stdout
     events = parse_events(log)
     starts = {e["rank"]: e for e in events if e["event"] == "start"}
     assert sorted(starts) == [0, 1], "both ranks joined"
@@ -65,6 +65,17 @@ def test_two_process_ddp_training(tiny_model: Path, tmp_path: Path) -> None:
     assert scores["after"] > scores["before"], scores
     throughput = [e for e in events if e["event"] == "throughput"]
     assert throughput and throughput[0]["samples_per_second"] > 0
+    # What a person sees (piped: plain lines): the run, each logged step of the planned 60, the evaluations and
+    # the training's summary, and no machine event or per-rank library line.
+    shown = cli("logs", job_id).stdout.splitlines()
+    assert shown[0].startswith("training ") and "2 processes (ddp), 32 per step, 60 steps" in shown[0], shown
+    steps = [line for line in shown if line.startswith("step ")]
+    assert [line.split()[1] for line in steps] == [f"{step}/60" for step in range(5, 61, 5)], shown
+    assert all("samples/s" in line for line in steps[1:]), steps
+    assert [line.split()[-1] for line in shown if line.startswith("eval ")] == ["(before)", "(after)"], shown
+    assert any(line.startswith("stjobs.train: trained 60 steps") for line in shown), shown
+    assert not [line for line in shown if "STJOBS_EVENT" in line or line.startswith("[rank")], shown
+    assert parse_events(cli("logs", job_id, "--events").stdout) == events
     assert throughput[0]["steady_samples_per_second"] > 0 and throughput[0]["steady_steps"] == 54  # 60 - 5 - 1
 
     (saved,) = [e["path"] for e in events if e["event"] == "saved"]
@@ -103,7 +114,7 @@ def test_fsdp_that_falls_back_to_ddp_is_reported(tiny_model: Path, tmp_path: Pat
     expected = f"stjobs: warning: {job_id}: strategy fsdp was requested but the training ran as ddp"
     assert expected in done.stderr, done.stderr
     assert expected in cli("status", job_id).stderr
-    wrapped = [e for e in parse_events(cli("logs", job_id).stdout) if e["event"] == "wrapped"]
+    wrapped = [e for e in parse_events(cli("logs", job_id, "--raw").stdout) if e["event"] == "wrapped"]
     assert {(e["ran"], e["as_requested"]) for e in wrapped} == {("ddp", False)}
 
 
@@ -111,7 +122,7 @@ def test_accelerate_launcher_runs_two_processes(tiny_model: Path, tmp_path: Path
     """accelerate with the generated config: two real DDP ranks, not a silent single process."""
     done = cli("submit", "examples/accelerate.yaml", "--wait", *train_args(tiny_model, tmp_path / "run", 10))
     job_id = job_of(done.stdout)
-    events = parse_events(cli("logs", job_id).stdout)
+    events = parse_events(cli("logs", job_id, "--raw").stdout)
     assert sorted(e["rank"] for e in events if e["event"] == "start") == [0, 1]
     assert {e["world_size"] for e in events if e["event"] == "start"} == {2}
     assert {e["model_wrapper"] for e in events if e["event"] == "wrapped"} == {"DistributedDataParallel"}
@@ -121,8 +132,8 @@ def test_two_local_nodes_meet_at_a_c10d_rendezvous(tiny_model: Path, tmp_path: P
     done = cli("submit", "examples/two-nodes.yaml", "--wait", "--procs-per-node", "1", "--cpus-per-task", "1",
                *train_args(tiny_model, tmp_path / "run", 10))
     job_id = job_of(done.stdout)
-    assert job_state(job_id)["state"] == "COMPLETED", cli("logs", job_id).stdout[-3000:]
-    events = parse_events(cli("logs", job_id).stdout)
+    assert job_state(job_id)["state"] == "COMPLETED", cli("logs", job_id, "--raw").stdout[-3000:]
+    events = parse_events(cli("logs", job_id, "--raw").stdout)
     starts = [e for e in events if e["event"] == "start"]
     assert sorted(e["rank"] for e in starts) == [0, 1]
     assert {e["world_size"] for e in starts} == {2}
@@ -149,7 +160,7 @@ def test_cancel_stops_every_process(tiny_model: Path, tmp_path: Path) -> None:
     done = cli("submit", "examples/tiny-ddp.yaml", *train_args(tiny_model, tmp_path / "run", 100000))
     job_id = job_of(done.stdout)
     deadline = time.monotonic() + 180
-    while not any(e["event"] == "loss" for e in parse_events(cli("logs", job_id).stdout)):
+    while not any(e["event"] == "loss" for e in parse_events(cli("logs", job_id, "--raw").stdout)):
         assert time.monotonic() < deadline, "training never started"
         assert job_state(job_id)["state"] == "RUNNING"
         time.sleep(1)

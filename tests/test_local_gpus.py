@@ -118,7 +118,7 @@ def test_ranks_of_a_local_job_see_only_their_gpus(tmp_path: Path) -> None:
                "--set", "gpus_per_node=1", "--set", f"entrypoint={{script: {script}}}", "--set", "max_restarts=0",
                env={"PATH": path, "CUDA_VISIBLE_DEVICES": "3,1"}, timeout=300)
     job_id = job_of(done.stdout)
-    log = cli("logs", job_id).stdout
+    log = cli("logs", job_id, "--raw").stdout
     seen = sorted((json.loads(line.split("SEEN ", 1)[1]) for line in log.splitlines() if "SEEN " in line),
                   key=lambda row: row["rank"])
     assert seen == [{"rank": "0", "gpus": "3"}, {"rank": "1", "gpus": "1"}], log

@@ -114,7 +114,7 @@ def test_a_real_local_job_is_plotted(tmp_path: Path) -> None:
                "--set", f"output_dir={tmp_path / 'run'}")
     job_id = job_of(done.stdout)
     assert done.stdout.strip().endswith(f"{job_id}: COMPLETED"), done.stdout + done.stderr
-    events = parse_events(cli("logs", job_id).stdout)
+    events = parse_events(cli("logs", job_id, "--raw").stdout)
     loss_events = [e for e in events if e["event"] == "loss"]
     assert len(loss_events) == 4
     assert all(e["learning_rate"] > 0 and e["epoch"] > 0 for e in loss_events)

@@ -130,7 +130,7 @@ def job_args(model: Path, out: Path, steps: int, nodes: int = 2, procs: int = 2,
 
 def check_trained(job_id: str, out: Path, world: int, nodes: set[str]) -> list[dict[str, Any]]:
     assert job_state(job_id)["state"] == "COMPLETED"
-    events = parse_events(cli("logs", job_id).stdout)
+    events = parse_events(cli("logs", job_id, "--raw").stdout)
     starts = [e for e in events if e["event"] == "start"]
     assert sorted(e["rank"] for e in starts) == list(range(world))
     assert {e["world_size"] for e in starts} == {world}
@@ -164,7 +164,7 @@ def test_single_node_job(slurm_cluster: None, tiny_model: Path, tmp_path: Path) 
     done = cli("submit", "examples/tiny-ddp.yaml", "-b", "slurm", "--wait",
                *job_args(tiny_model, out, 10, nodes=1, procs=2))
     job_id = job_of(done.stdout)
-    (node,) = {e["node"] for e in parse_events(cli("logs", job_id).stdout) if e["event"] == "start"}
+    (node,) = {e["node"] for e in parse_events(cli("logs", job_id, "--raw").stdout) if e["event"] == "start"}
     assert node in NODES
     check_trained(job_id, out, world=2, nodes={node})
 
@@ -173,7 +173,7 @@ def test_single_node_job(slurm_cluster: None, tiny_model: Path, tmp_path: Path) 
 def test_follow_then_cancel(slurm_cluster: None, tiny_model: Path, tmp_path: Path) -> None:
     done = cli("submit", "examples/two-nodes.yaml", "-b", "slurm", *job_args(tiny_model, tmp_path / "r", 100000))
     job_id = job_of(done.stdout)
-    follower = subprocess.Popen([stjobs_bin(), "logs", job_id, "-f"], cwd=REPO, env=offline_env(),
+    follower = subprocess.Popen([stjobs_bin(), "logs", job_id, "-f", "--raw"], cwd=REPO, env=offline_env(),
                                 stdout=subprocess.PIPE, text=True)
     assert follower.stdout is not None
     deadline = time.monotonic() + 240
@@ -224,7 +224,7 @@ def test_preemption_checkpoints_requeues_and_resumes(mode: str, slurm_cluster: N
     slurm_id = json.loads(Path(os.environ["STJOBS_HOME"], "jobs", job_id, "job.json").read_text())["details"][
         "slurm_job_id"]
     deadline = time.monotonic() + 240
-    while not any(e["event"] == "loss" for e in parse_events(cli("logs", job_id).stdout)):
+    while not any(e["event"] == "loss" for e in parse_events(cli("logs", job_id, "--raw").stdout)):
         assert time.monotonic() < deadline
         time.sleep(1)
     target = ["--batch"] if mode == "sbatch" else []
@@ -232,10 +232,10 @@ def test_preemption_checkpoints_requeues_and_resumes(mode: str, slurm_cluster: N
     final = json.loads(cli("status", job_id, "--json").stdout)
     deadline = time.monotonic() + 400
     while final["state"] not in ("COMPLETED", "FAILED", "CANCELLED", "LOST"):
-        assert time.monotonic() < deadline, cli("logs", job_id).stdout[-3000:]
+        assert time.monotonic() < deadline, cli("logs", job_id, "--raw").stdout[-3000:]
         time.sleep(2)
         final = job_state(job_id)
-    log = cli("logs", job_id).stdout
+    log = cli("logs", job_id, "--raw").stdout
     assert final["state"] == "COMPLETED", log[-3000:]
     events = parse_events(log)
     preempted = [e for e in events if e["event"] == "preempted"]

@@ -265,7 +265,7 @@ def test_a_job_completes_and_shows_its_logs(mode: str, noacct: None, home: Path,
     job_id = job_of(done.stdout)
     assert done.stdout.strip().endswith(f"{job_id}: COMPLETED"), done.stdout
     assert state_of(home, job_id)["state"] == "COMPLETED"
-    events = parse_events(run(home, "logs", job_id).stdout)
+    events = parse_events(run(home, "logs", job_id, "--raw").stdout)
     assert {e["node"] for e in events if e["event"] == "start"} == set(NOACCT_NODES)
     assert [e["path"] for e in events if e["event"] == "saved"] == [str(out / "final")]
     FINISHED[f"completed-{mode}"] = job_id
@@ -278,8 +278,8 @@ def test_cancel_and_a_counted_requeue(noacct: None, home: Path, tiny_model: Path
     cancelled = submit(home, "sbatch", *job_args(tiny_model, tmp_path / "c", 100000, 1, 1))
     requeued = submit(home, "submitit", *job_args(tiny_model, tmp_path / "r", 100000, 1, 1))
     deadline = time.monotonic() + 180
-    while '"event":"loss"' not in run(home, "logs", cancelled).stdout:  # logs of a running job
-        assert time.monotonic() < deadline, run(home, "logs", cancelled).stdout[-2000:]
+    while '"event":"loss"' not in run(home, "logs", cancelled, "--raw").stdout:  # logs of a running job
+        assert time.monotonic() < deadline, run(home, "logs", cancelled, "--raw").stdout[-2000:]
         time.sleep(2)
     assert state_of(home, cancelled)["state"] == "RUNNING"
     assert run(home, "cancel", cancelled).stdout.strip() == f"{cancelled}: CANCELLED"
@@ -317,7 +317,7 @@ def test_after_slurmctld_forgets_the_status_is_right_or_says_it_cannot_be_known(
     # Never asked about while SLURM knew it: submitit's result files say how it ended.
     assert got["unwatched-submitit"]["state"] == "COMPLETED", got["unwatched-submitit"]
     assert "submitit's result files" in got["unwatched-submitit"]["reason"]
-    events = parse_events(run(home, "logs", unwatched["submitit"]).stdout)
+    events = parse_events(run(home, "logs", unwatched["submitit"], "--raw").stdout)
     assert any(e["event"] == "saved" for e in events), "logs of a forgotten job"
     # A batch job's only witness is the exit record its batch file wrote.
     assert got["unwatched-sbatch"]["state"] == "COMPLETED", got["unwatched-sbatch"]

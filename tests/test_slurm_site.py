@@ -158,7 +158,7 @@ def test_a_site_user_trains_two_nodes_with_their_gpus_and_cpus(site: Path) -> No
                           *site_flags(12), "--gpus-per-node", str(GPUS_PER_NODE), "--set", f"gpu_type={GPU_TYPE}",
                           cwd=site, check=False)
     job_id = done.stdout.split()[1] if done.stdout.startswith("submitted ") else ""
-    log = stjobs_as_user("logs", job_id, cwd=site, check=False).stdout if job_id else ""
+    log = stjobs_as_user("logs", job_id, "--raw", cwd=site, check=False).stdout if job_id else ""
     assert done.returncode == 0 and done.stdout.strip().endswith("COMPLETED"), done.stdout + done.stderr + log
     starts = [e for e in parse_events(log) if e["event"] == "start"]
     assert sorted(e["rank"] for e in starts) == [0, 1, 2, 3] and {e["node"] for e in starts} == set(NODES)
@@ -245,15 +245,15 @@ def test_a_users_script_with_the_callback_is_preempted_requeued_and_resumes(site
     slurm_id = json.loads(Path(SITE_HOME, ".stjobs", "jobs", job_id, "job.json").read_text())["details"][
         "slurm_job_id"]
     deadline = time.monotonic() + 300
-    while "'loss'" not in (log := stjobs_as_user("logs", job_id, cwd=site).stdout):
+    while "'loss'" not in (log := stjobs_as_user("logs", job_id, "--raw", cwd=site).stdout):
         assert time.monotonic() < deadline and user_job(job_id, site)["state"] in ("PENDING", "RUNNING"), log
         time.sleep(1)
     subprocess.run(["scancel", "--batch", "--signal=USR2", slurm_id], check=True)
     deadline = time.monotonic() + 420
     while (state := user_job(job_id, site)["state"]) not in ("COMPLETED", "FAILED", "CANCELLED", "LOST"):
-        assert time.monotonic() < deadline, stjobs_as_user("logs", job_id, cwd=site).stdout[-3000:]
+        assert time.monotonic() < deadline, stjobs_as_user("logs", job_id, "--raw", cwd=site).stdout[-3000:]
         time.sleep(2)
-    log = stjobs_as_user("logs", job_id, cwd=site).stdout
+    log = stjobs_as_user("logs", job_id, "--raw", cwd=site).stdout
     assert state == "COMPLETED", log[-3000:]
     preempted = [e for e in parse_events(log) if e["event"] == "preempted"]
     assert preempted and {e["signal"] for e in preempted} == {"SIGUSR2"}, log[-3000:]

@@ -55,7 +55,7 @@ def losses(model: Path, out: Path, procs: int, per_device: int, *extra: str) -> 
                "--set", f"strategy={strategy}", "--set", "entrypoint.args=" + json.dumps(args),
                "--set", f"output_dir={out}")
     job_id = done.stdout.split()[1]
-    events = parse_events(run("logs", job_id).stdout)
+    events = parse_events(run("logs", job_id, "--raw").stdout)
     starts = [e for e in events if e["event"] == "start"]
     assert {e["world_size"] for e in starts} == {procs} and len(starts) == procs
     found = [e["loss"] for e in events if e["event"] == "loss"]
