@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 from stjobs import gpus, images
 from stjobs.backends import backend_module
 from stjobs.defaults import note as defaults_note
-from stjobs.errors import InputError, SpecError, StjobsError
+from stjobs.errors import InputError, SpecError, StjobsError, UsageError
 from stjobs.launch import fsdp_note, option_value
 from stjobs.plan import no_world_write, write_plan
 from stjobs.spec import Strategy
@@ -204,15 +204,22 @@ def job_status(job_id: str) -> JobStatus:
 def logs(job_id: str, follow: bool = False, rank: int | None = None) -> Iterator[str]:
     """The job's output, or with ``rank`` that global rank's lines; a rank the job does not have is refused
     (every backend would print nothing for it, and nothing reads as "this rank said nothing")."""
+    record = _record_with_rank(job_id, rank)
+    return backend_module(record.backend).logs(record, follow=follow, rank=rank)
+
+
+def _record_with_rank(job_id: str, rank: int | None) -> JobRecord:
     from stjobs.jobs import load_record
 
     record = load_record(job_id)
+    if rank is None:
+        return record
     ranks = record.nodes * record.procs_per_node  # an elastic job's most; DataParallel is one process a node
-    if rank is not None and not 0 <= rank < ranks:
+    if not 0 <= rank < ranks:
         raise InputError("--rank", rank, f"a rank of job {record.job_id}, which has "
                          + (f"ranks 0-{ranks - 1}" if ranks > 1 else "rank 0 only")
                          + f" ({record.nodes} node(s) x {record.procs_per_node} process(es))")
-    return backend_module(record.backend).logs(record, follow=follow, rank=rank)
+    return record
 
 
 def shows_progress(job_id: str) -> bool:
@@ -224,17 +231,40 @@ def shows_progress(job_id: str) -> bool:
     return planned_steps(Path(load_record(job_id).job_dir)) is not None
 
 
-def plot(job_id: str, path: str | Path | None = None) -> Path:
-    """A PNG of the job's loss, learning rate, samples/s and evaluation scores over steps, drawn from the events
-    in its output (any backend: the same text ``logs`` returns); written to ``path``, by default ``plot.png`` in
-    the job's directory. Returns the path written."""
+def events(job_id: str, rank: int | None = None) -> list[dict[str, Any]]:
+    """The job's training events (every rank's, or ``rank``'s), in the order they were written: from its events
+    files (``events/rank-N.jsonl`` in the job's directory) where that directory is on this machine, else parsed
+    out of its output (a Kubernetes pod's log; a job from before the files)."""
+    from stjobs.train.events import parse_events, read_events_dir
+
+    record = _record_with_rank(job_id, rank)
+    found = read_events_dir(record.job_dir)
+    if found is None:
+        found = parse_events("".join(logs(job_id, rank=rank)))
+    return [event for event in found if rank is None or event.get("rank") == rank]
+
+
+def newest_job() -> str:
+    """The id of the job submitted last (from this machine's records)."""
+    from stjobs.jobs import jobs_root, list_records
+
+    records = list_records()
+    if not records:
+        raise UsageError(f"job: no job has been submitted yet (records: {jobs_root()}); expected a job id")
+    return records[-1].job_id
+
+
+def plot(job_id: str | None = None, path: str | Path | None = None) -> Path:
+    """A PNG of the job's (default: the newest job's) loss, learning rate, samples/s and evaluation scores over
+    steps, drawn from its events (:func:`events`, any backend); written to ``path``, by default ``plot.png`` in the
+    job's directory. Returns the path written."""
     from stjobs.jobs import load_record
     from stjobs.plot import write_png
-    from stjobs.train.events import parse_events
 
-    record = load_record(job_id)
+    record = load_record(job_id if job_id is not None else newest_job())
+    job_id = record.job_id
     target = Path(path) if path is not None else Path(record.job_dir) / "plot.png"
-    return write_png(parse_events("".join(logs(job_id))), target, record.job_id)
+    return write_png(events(job_id), target, record.job_id)
 
 
 def strategy_warning(job_id: str) -> str | None:
@@ -243,10 +273,10 @@ def strategy_warning(job_id: str) -> str | None:
     accelerate and the Trainer fall back without a word: FSDP on CPUs runs as DDP, DataParallel on fewer than two
     GPUs as one plain process. The training reports what it wrapped (its ``wrapped`` event); this reads it back.
     """
-    from stjobs.train.events import first, parse_events
+    from stjobs.train.events import first
 
     try:
-        wrapped = first(parse_events("".join(logs(job_id))), "wrapped", rank=0)
+        wrapped = first(events(job_id), "wrapped", rank=0)
     except StjobsError:
         return None  # no logs (yet): nothing to compare
     if wrapped is None or wrapped.get("as_requested", True):

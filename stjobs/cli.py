@@ -119,6 +119,9 @@ def _warn_strategy(job_id: str) -> None:
 def cmd_status(args: argparse.Namespace) -> int:
     from stjobs import statustable
 
+    if args.plot is not None and (not args.job_id or args.watch is not None):
+        raise UsageFailure(f"--plot: got --plot without {'a JOB' if not args.job_id else 'leaving out --watch'}; "
+                           f"expected stjobs status JOB --plot [FILE.png] (or stjobs plot JOB)")
     if args.watch is not None and args.json:
         raise UsageFailure(f"--watch: got --watch with --json; expected one of them (--json prints each job once, "
                            f"for scripts: run it every {args.watch:g} s yourself)")
@@ -133,12 +136,17 @@ def cmd_status(args: argparse.Namespace) -> int:
     print(statustable.table(rows, width=statustable.terminal_width(sys.stdout)), end="")
     if args.job_id:
         _warn_strategy(args.job_id)
+    if args.plot is not None:
+        print(f"wrote {api.plot(args.job_id, args.plot or None)}")
     return 0
 
 
 def cmd_logs(args: argparse.Namespace) -> int:
     from stjobs import console
 
+    if args.events and not args.follow:  # the events files where this machine has them, else the output's
+        print(console.event_lines(api.events(args.job_id, args.rank)), end="")
+        return 0
     chunks = api.logs(args.job_id, follow=args.follow, rank=args.rank)
     # One rank's lines, or --raw: as written; else, for the built-in training, the person's view.
     view = "events" if args.events else "raw" if args.raw or args.rank is not None else None
@@ -152,9 +160,9 @@ def cmd_plot(args: argparse.Namespace) -> int:
 
 
 def _plot_parser(plot: argparse.ArgumentParser) -> None:
-    plot.add_argument("job_id", metavar="JOB")
-    plot.add_argument("--output", "-o", metavar="FILE.png", default=None,
-                      help="where to write the PNG (default: plot.png in the job's directory)")
+    from stjobs.cliparse import plot_arguments
+
+    plot_arguments(plot)
     plot.set_defaults(run=cmd_plot)
 
 
@@ -255,13 +263,9 @@ def _status_parser(status: argparse.ArgumentParser) -> None:
 
 
 def _logs_parser(logs: argparse.ArgumentParser) -> None:
-    logs.add_argument("job_id", metavar="JOB")
-    logs.add_argument("--follow", "-f", action="store_true", help="keep printing until the job ends")
-    logs.add_argument("--rank", type=int, default=None, help="only this global rank's lines, as written")
-    shown = logs.add_mutually_exclusive_group()
-    shown.add_argument("--raw", action="store_true", help="every line as written (default for the built-in "
-                       "training: progress, its messages and errors)")
-    shown.add_argument("--events", action="store_true", help="only the training's STJOBS_EVENT lines (JSON)")
+    from stjobs.cliparse import logs_arguments
+
+    logs_arguments(logs)
     logs.set_defaults(run=cmd_logs)
 
 
@@ -271,21 +275,12 @@ def _cancel_parser(cancel: argparse.ArgumentParser) -> None:
 
 
 def _image_parser(image: argparse.ArgumentParser) -> None:
-    image_commands = image.add_subparsers(dest="image_command", required=True, metavar="ACTION")
-    image_render = image_commands.add_parser("render", help="write the Dockerfiles, Apptainer .def and pins")
-    _spec_arguments(image_render, backend=False)
-    image_render.add_argument("--output", "-o", default="images", help="directory (default: ./images)")
-    image_render.add_argument("--dry-run", action="store_true", help="print the plan; write nothing")
-    image_render.add_argument("--force", action="store_true", help="replace a non-empty output directory")
-    image_render.set_defaults(run=cmd_image_render)
-    image_build = image_commands.add_parser("build", help="build the image with docker, podman or buildah")
-    _spec_arguments(image_build, backend=False)
-    image_build.add_argument("--context", default=".", help="the project root holding images/ (default: .)")
-    image_build.add_argument("--builder", choices=("docker", "podman", "buildah"), default=None,
-                             help="default: the first found on PATH")
-    image_build.add_argument("--builder-arg", dest="builder_args", action="append", default=[], metavar="ARG",
-                             help="passed to the builder after 'build', e.g. --builder-arg=--build-arg=X=1")
-    image_build.set_defaults(run=cmd_image_build)
+    from stjobs.cliparse import image_arguments
+
+    render, build = image_arguments(image)
+    for parser, run in ((render, cmd_image_render), (build, cmd_image_build)):
+        _spec_arguments(parser, backend=False)
+        parser.set_defaults(run=run)
 
 
 def cmd_bench(args: argparse.Namespace) -> int:

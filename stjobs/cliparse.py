@@ -55,6 +55,30 @@ def status_arguments(status: argparse.ArgumentParser, backends: Iterable[str]) -
     status.add_argument("--name", metavar="GLOB", default=None, help="only jobs whose name matches, e.g. 'bert-*'")
     status.add_argument("--watch", "-w", type=seconds, nargs="?", const=2.0, default=None, metavar="SECONDS",
                         help="redraw the table every SECONDS (default 2) until Ctrl-C")
+    status.add_argument("--plot", nargs="?", const="", default=None, metavar="FILE.png",
+                        help="with JOB: also draw its run into a PNG (" + PLOT_HELP + ")")
+
+
+PLOT_HELP = "default: plot.png in the job's directory"
+
+
+def plot_arguments(plot: argparse.ArgumentParser) -> None:
+    plot.add_argument("job_id", nargs="?", metavar="JOB", help="default: the job submitted last")
+    plot.add_argument("--output", "-o", metavar="FILE.png", default=None,
+                      help=f"where to write the PNG ({PLOT_HELP})")
+
+
+def logs_arguments(logs: argparse.ArgumentParser) -> None:
+    """``stjobs logs``'s flags: what a person reads (the default for the built-in training), every line, or the
+    events alone."""
+    logs.add_argument("job_id", metavar="JOB")
+    logs.add_argument("--follow", "-f", action="store_true", help="keep printing until the job ends")
+    logs.add_argument("--rank", type=int, default=None, help="only this global rank's lines, as written")
+    shown = logs.add_mutually_exclusive_group()
+    shown.add_argument("--raw", action="store_true", help="every line as written (default for the built-in "
+                       "training: progress, its messages and errors)")
+    shown.add_argument("--events", action="store_true", help="only the training's events, a JSON object a line "
+                       "(from the job's events/ files where they are here)")
 
 
 def states(text: str) -> tuple[Any, ...]:
@@ -142,3 +166,19 @@ def bench_arguments(bench: argparse.ArgumentParser) -> None:
     bench.add_argument("--processes", type=int, default=None, help="DDP processes (default: GPUs, else CPU cores)")
     bench.add_argument("--seed", type=int, default=default.seed)
     bench.add_argument("--out", default=str(default.out_dir), help="directory for bench.json, bench.png, runs")
+
+
+def image_arguments(image: argparse.ArgumentParser) -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
+    """``stjobs image render|build``'s own flags; the two parsers, to which the CLI adds the spec's."""
+    image_commands = image.add_subparsers(dest="image_command", required=True, metavar="ACTION")
+    image_render = image_commands.add_parser("render", help="write the Dockerfiles, Apptainer .def and pins")
+    image_render.add_argument("--output", "-o", default="images", help="directory (default: ./images)")
+    image_render.add_argument("--dry-run", action="store_true", help="print the plan; write nothing")
+    image_render.add_argument("--force", action="store_true", help="replace a non-empty output directory")
+    image_build = image_commands.add_parser("build", help="build the image with docker, podman or buildah")
+    image_build.add_argument("--context", default=".", help="the project root holding images/ (default: .)")
+    image_build.add_argument("--builder", choices=("docker", "podman", "buildah"), default=None,
+                             help="default: the first found on PATH")
+    image_build.add_argument("--builder-arg", dest="builder_args", action="append", default=[], metavar="ARG",
+                             help="passed to the builder after 'build', e.g. --builder-arg=--build-arg=X=1")
+    return image_render, image_build

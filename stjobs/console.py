@@ -11,6 +11,7 @@ names how to see it all. Standard library only.
 
 from __future__ import annotations
 
+import json
 import re
 import time
 from collections import deque
@@ -214,10 +215,14 @@ class ConsoleView:
 
 
 def events_only(text: str) -> str:
-    """The machine events of ``text`` alone, one ``STJOBS_EVENT {json}`` line each without rank prefixes
-    (``stjobs logs JOB --events``: for jq and scripts)."""
-    return "".join(line[line.index(PREFIX):] + "\n" for line in text.splitlines()
-                   if PREFIX in line and parse_events(line))
+    """The machine events of ``text`` alone, one JSON object a line as in the events files, without the marker or
+    rank prefixes (``stjobs logs JOB --events -f``: for jq and scripts)."""
+    return event_lines(parse_events(text))
+
+
+def event_lines(events: Iterable[dict[str, Any]]) -> str:
+    """Events as ``stjobs logs JOB --events`` prints them: one compact JSON object a line, keys sorted."""
+    return "".join(json.dumps(event, sort_keys=True, separators=(",", ":")) + "\n" for event in events)
 
 
 def view(chunks: Iterable[str], tty: bool, width: int = 100, raw_hint: str = "stjobs logs JOB --raw",

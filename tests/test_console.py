@@ -4,6 +4,7 @@ the ETA (from the events' samples/s or their arrival times) and the node script'
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from typing import Any
 
@@ -238,8 +239,8 @@ def test_no_hint_when_nothing_was_hidden_and_the_raw_hint_is_the_callers() -> No
 
 def test_events_only_keeps_the_machine_lines() -> None:
     only = events_only(REAL_LOG)
-    assert only.splitlines()[0].startswith('STJOBS_EVENT {"backend":"gloo"')
-    assert parse_events(only) == parse_events(REAL_LOG) and "Column" not in only
+    assert only.splitlines()[0].startswith('{"backend":"gloo"')  # a JSON object a line, as the events files
+    assert [json.loads(line) for line in only.splitlines()] == parse_events(REAL_LOG) and "Column" not in only
 
 
 def test_view_yields_no_empty_strings() -> None:
@@ -300,7 +301,7 @@ OUTPUT = ('[rank0]:STJOBS_EVENT {"event":"loss","loss":0.5,"rank":0,"step":10}\n
 @pytest.mark.parametrize("flags, expected", [
     ((), "step 10  loss 0.500\n(2 lines of library output not shown: stjobs logs built-in --raw)\n"),
     (("--raw",), OUTPUT),
-    (("--events",), 'STJOBS_EVENT {"event":"loss","loss":0.5,"rank":0,"step":10}\n'),
+    (("--events",), '{"event":"loss","loss":0.5,"rank":0,"step":10}\n'),  # no events/ files: the output's
     (("--rank", "1"), "[rank1]:tick\n"),
 ])
 def test_logs_shows_the_built_in_training_as_progress_unless_asked(

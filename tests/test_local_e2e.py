@@ -75,7 +75,14 @@ def test_two_process_ddp_training(tiny_model: Path, tmp_path: Path) -> None:
     assert [line.split()[-1] for line in shown if line.startswith("eval ")] == ["(before)", "(after)"], shown
     assert any(line.startswith("stjobs.train: trained 60 steps") for line in shown), shown
     assert not [line for line in shown if "STJOBS_EVENT" in line or line.startswith("[rank")], shown
-    assert parse_events(cli("logs", job_id, "--events").stdout) == events
+    # The events files (one per rank, in the job's directory) hold the same events with the time they were written;
+    # `logs --events` prints them, a JSON object a line.
+    job_dir = Path(json.loads(Path(os.environ["STJOBS_HOME"], "jobs", job_id, "job.json").read_text())["job_dir"])
+    assert sorted(path.name for path in (job_dir / "events").iterdir()) == ["rank-0.jsonl", "rank-1.jsonl"]
+    filed = [json.loads(line) for line in cli("logs", job_id, "--events").stdout.splitlines()]
+    assert all(isinstance(e.pop("time"), float) for e in filed)
+    assert sorted(filed, key=json.dumps) == sorted(events, key=json.dumps)
+    assert [e for e in filed if e["rank"] == 0] == [e for e in events if e["rank"] == 0]  # in the order written
     assert throughput[0]["steady_samples_per_second"] > 0 and throughput[0]["steady_steps"] == 54  # 60 - 5 - 1
 
     (saved,) = [e["path"] for e in events if e["event"] == "saved"]
@@ -97,7 +104,6 @@ def test_two_process_ddp_training(tiny_model: Path, tmp_path: Path) -> None:
     rank1 = cli("logs", job_id, "--rank", "1").stdout.splitlines()
     assert rank1 and all(line.startswith("[rank1]:") for line in rank1)
     assert [e["rank"] for e in parse_events("\n".join(rank1)) if e["event"] == "start"] == [1]
-    job_dir = Path(json.loads(Path(os.environ["STJOBS_HOME"], "jobs", job_id, "job.json").read_text())["job_dir"])
     per_rank = sorted(p.parent.name for p in job_dir.glob("logs/node0/*/attempt_0/*/stdout.log"))
     assert per_rank == ["0", "1"]
 

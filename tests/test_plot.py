@@ -105,6 +105,19 @@ def test_the_cli_refuses_a_job_without_events(tmp_path: Path, monkeypatch: pytes
     assert err.startswith("stjobs: error: plot: job-4: no loss or eval events") and "\n" not in err
 
 
+@pytest.mark.parametrize("flags, expected", [
+    (("status", "--plot"), "--plot: got --plot without a JOB; expected stjobs status JOB --plot [FILE.png]"),
+    (("status", "job-5", "--plot", "--watch", "1"), "--plot: got --plot without leaving out --watch"),
+])
+def test_status_plot_needs_one_job_and_no_watch(flags: tuple[str, ...], expected: str,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    from stjobs.cli import main
+
+    assert main(list(flags)) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"stjobs status: error: {expected}") and err.count("\n") == 1, err
+
+
 @pytest.mark.slow
 def test_a_real_local_job_is_plotted(tmp_path: Path) -> None:
     model = build_tiny_model(tmp_path / "model")
@@ -124,6 +137,11 @@ def test_a_real_local_job_is_plotted(tmp_path: Path) -> None:
     plotted = cli("plot", job_id)
     assert plotted.stdout.strip() == f"wrote {job_dir / 'plot.png'}"
     assert (job_dir / "plot.png").read_bytes()[:4] == b"\x89PNG"
+    # `status JOB --plot FILE`: the job's line, then the picture (the same bytes: the same events, from its files).
+    shown = cli("status", job_id, "--plot", str(tmp_path / "status.png")).stdout.splitlines()
+    assert job_id in shown[-2] and "COMPLETED" in shown[-2] and "12/12" in shown[-2], shown
+    assert shown[-1] == f"wrote {tmp_path / 'status.png'}"
+    assert (tmp_path / "status.png").read_bytes() == (job_dir / "plot.png").read_bytes()
 
     from stjobs import api
 

@@ -41,18 +41,29 @@ event                 who emits   fields besides ``event`` and ``rank``
 ``done``              rank 0      (none)
 ====================  ==========  ======================================================================================
 
+Every event also goes, as one JSON object a line with the wall-clock ``time`` it was written (Unix seconds), into
+the job's own events file ``$STJOBS_JOB_DIR/events/rank-N.jsonl`` (:func:`events_file`; one file a global rank, so
+no two processes, on one node or on several sharing the job's directory, ever append to the same file). Those files
+are what ``stjobs logs --events``, ``status`` and ``plot`` read where the job's directory is on this machine; the
+stdout copy stays because a pod's log is the only channel a Kubernetes job has, and the console view
+(:mod:`stjobs.console`) leaves it out of what a person sees.
+
 Standard library only: the launcher side parses these without torch installed.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
 import sys
+import time
+from pathlib import Path
 from typing import Any, TextIO
 
 PREFIX = "STJOBS_EVENT "
+EVENTS_DIR = "events"  # in the job's directory: rank-N.jsonl
 
 
 def global_rank() -> int:
@@ -74,23 +85,105 @@ def _clean(value: Any) -> Any:
     return value
 
 
-def format_event(event: str, **fields: Any) -> str:
-    """The exact line (without newline) :func:`emit` writes; ``rank`` defaults to the env's global rank."""
+def _payload(event: str, fields: dict[str, Any]) -> dict[str, Any]:
     payload: dict[str, Any] = {"rank": global_rank()}
     payload.update(fields)
     payload["event"] = event
-    body = json.dumps(_clean(payload), sort_keys=True, separators=(",", ":"), default=str)
-    return PREFIX + body
+    cleaned: dict[str, Any] = _clean(payload)
+    return cleaned
+
+
+def _body(payload: dict[str, Any]) -> str:
+    return json.dumps(payload, sort_keys=True, separators=(",", ":"), default=str)
+
+
+def format_event(event: str, **fields: Any) -> str:
+    """The exact line (without newline) :func:`emit` writes; ``rank`` defaults to the env's global rank."""
+    return PREFIX + _body(_payload(event, fields))
+
+
+def events_file(job_dir: str | Path, rank: int) -> Path:
+    """Where global rank ``rank`` of the job in ``job_dir`` writes its events."""
+    return Path(job_dir) / EVENTS_DIR / f"rank-{rank}.jsonl"
+
+
+_files: dict[Path, TextIO | None] = {}  # opened once a process; None: not writable here (e.g. a read-only mount)
+
+
+def _file_for(rank: int) -> TextIO | None:
+    job_dir = os.environ.get("STJOBS_JOB_DIR")
+    if not job_dir:  # run by hand, outside a job stjobs rendered: stdout only
+        return None
+    path = events_file(job_dir, rank)
+    if path not in _files:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            # Line-buffered append: a requeued or resumed job adds its run after the one before (a new `start`),
+            # and every line reaches the file whole as it is written.
+            _files[path] = open(path, "a", encoding="utf-8", newline="\n", buffering=1)  # noqa: SIM115
+        except OSError:
+            _files[path] = None  # a pod's job directory is a read-only ConfigMap: its events live in the log
+    return _files[path]
 
 
 def emit(event: str, stream: TextIO | None = None, **fields: Any) -> None:
-    """Write one event line and flush at once, so a killed or preempted job still shows what happened."""
+    """Write one event line and flush at once, so a killed or preempted job still shows what happened; and the
+    same event, with the time, into this rank's events file when the job has a directory it may write."""
     out = stream if stream is not None else sys.stdout
+    payload = _payload(event, fields)
     # Flush whatever the process printed before, then write the event as a single small write: under torchrun
     # several ranks share one pipe, and a single write below PIPE_BUF is never interleaved with another rank's.
     out.flush()
-    out.write(format_event(event, **fields) + "\n")
+    out.write(PREFIX + _body(payload) + "\n")
     out.flush()
+    rank = payload.get("rank")
+    target = _file_for(rank if isinstance(rank, int) else global_rank())
+    if target is not None:
+        # A full disk must not kill the training over a progress record: stdout has it.
+        with contextlib.suppress(OSError):
+            target.write(_body({**payload, "time": round(time.time(), 3)}) + "\n")
+
+
+def read_events_dir(job_dir: str | Path) -> list[dict[str, Any]] | None:
+    """Every rank's events from the job's events files, in the order they were written (rank 0 first on a tie);
+    None when the job has no events directory here (another machine's job, a pod, an older job)."""
+    folder = Path(job_dir) / EVENTS_DIR
+    try:
+        paths = sorted(folder.glob("rank-*.jsonl"), key=lambda path: _rank_of(path.name))
+    except OSError:
+        return None
+    if not folder.is_dir():
+        return None
+    found: list[tuple[float, int, int, dict[str, Any]]] = []
+    for path in paths:
+        rank = _rank_of(path.name)
+        try:
+            text = path.read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            continue
+        for index, value in enumerate(parse_event_lines(text)):
+            stamp = value.get("time")
+            found.append((float(stamp) if isinstance(stamp, (int, float)) else 0.0, rank, index, value))
+    found.sort(key=lambda item: item[:3])
+    return [item[3] for item in found]
+
+
+def parse_event_lines(text: str) -> list[dict[str, Any]]:
+    """The events of an events file (one JSON object a line); a line cut by a killed job is skipped."""
+    events: list[dict[str, Any]] = []
+    for line in text.splitlines():
+        try:
+            value = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(value, dict) and "event" in value:
+            events.append(value)
+    return events
+
+
+def _rank_of(name: str) -> int:
+    digits = name.removeprefix("rank-").removesuffix(".jsonl")
+    return int(digits) if digits.isdigit() else 1 << 30
 
 
 def parse_events(text: str) -> list[dict[str, Any]]:
