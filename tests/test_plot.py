@@ -149,3 +149,25 @@ def test_a_real_local_job_is_plotted(tmp_path: Path) -> None:
     (line,) = [line for line in axes_by_title(fig)[LOSS_TITLE].get_lines() if line.get_label() == "loss"]
     assert len(line.get_xdata()) == len(loss_events)
     assert api.plot(job_id, tmp_path / "x.png") == tmp_path / "x.png"
+
+
+def test_plot_without_a_job_draws_the_newest_or_says_there_is_none(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    import time
+
+    from stjobs import api
+    from stjobs.cli import main
+    from stjobs.jobs import JobRecord, jobs_root
+
+    assert main(["plot"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("stjobs: error: job: no job has been submitted yet") and err.count("\n") == 1
+    for index, name in enumerate(("older", "newer")):
+        job_dir = jobs_root() / name
+        job_dir.mkdir(parents=True)
+        JobRecord(job_id=name, backend="local", name=name, job_dir=str(job_dir), submitted_at=time.time() + index,
+                  nodes=1, procs_per_node=1).save()
+    drawn: list[str] = []
+    monkeypatch.setattr(api, "events", lambda job_id, rank=None: drawn.append(job_id) or synthetic_run())
+    assert main(["plot"]) == 0
+    assert drawn == ["newer"] and (jobs_root() / "newer" / "plot.png").is_file()
