@@ -23,7 +23,7 @@ from pathlib import Path
 from stjobs.errors import SpecError
 from stjobs.jobs import stjobs_home
 from stjobs.spec import JobSpec
-from stjobs.train.args import TrainConfigError, data_sources
+from stjobs.train.args import data_paths
 
 CODE_DIR = "code"
 # Never code, and often huge: skipped when the workdir is not a git work tree.
@@ -69,27 +69,17 @@ def plan_snapshot(spec: JobSpec, workdir: Path) -> Snapshot | None:
     return snapshot
 
 
-# The built-in training's options that name files the job reads from its (snapshot) workdir.
-DATA_OPTIONS = ("--train-data", "--eval-data")
-
-
 def _refuse_missing_data(spec: JobSpec, snapshot: Snapshot) -> None:
     """A relative data file the workdir has but the copy lacks (git ignores it) would fail only in the job."""
     if spec.entrypoint.module != "stjobs.train":
         return
     kept = set(snapshot.files)
-    for option in DATA_OPTIONS:
-        try:
-            sources = data_sources(spec.entrypoint.args, option)
-        except TrainConfigError:
-            continue  # a malformed value: the training names it in one line
-        for source in sources:  # [NAME=]PATH[:LOSS]: only the path is a file
-            value = source.path
-            if not os.path.isabs(value) and (snapshot.root / value).is_file() \
-                    and os.path.normpath(value) not in kept:
-                raise SpecError("entrypoint.args", f"{option} {source.text}", "a data file the job can read: the "
-                                "job runs from a copy of the workdir's code, which leaves out files git ignores; "
-                                "give an absolute path, or set snapshot.enabled: false")
+    for option, source in data_paths(spec.entrypoint.args):  # [NAME=]PATH[:LOSS]: only the path is a file
+        value = source.path
+        if not os.path.isabs(value) and (snapshot.root / value).is_file() and os.path.normpath(value) not in kept:
+            raise SpecError("entrypoint.args", f"{option} {source.text}", "a data file the job can read: the "
+                            "job runs from a copy of the workdir's code, which leaves out files git ignores; "
+                            "give an absolute path, or set snapshot.enabled: false")
 
 
 def copy_snapshot(snapshot: Snapshot, job_dir: Path) -> Path:

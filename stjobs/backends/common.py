@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 
 from stjobs import yamlio
-from stjobs.errors import SpecError, StjobsError, UsageError
+from stjobs.errors import SpecError, UsageError
 from stjobs.launch import RUNTIME_VARS, LaunchPlan
 from stjobs.plan import RenderedFile
 from stjobs.snapshot import CODE_DIR
@@ -97,33 +97,23 @@ def check_workdir(spec: JobSpec, cwd: str | Path | None, where: str) -> Path:
     return workdir
 
 
-# What the built-in training reads as a local path rather than a hub dataset name (stjobs.train.data.load_table).
-_DATA_SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
-
-
 def check_data(spec: JobSpec, workdir: Path, where: str) -> None:
     """The built-in training's --train-data / --eval-data files exist here, when this machine sees the job's files:
     a typo otherwise fails only in the job, seconds after it starts, under every rank's traceback. A hub dataset
     name is not checked; neither is an absolute path whose directory this machine does not have (it may exist only
     on the compute nodes)."""
-    from stjobs.train.args import data_sources
+    from stjobs.train.args import data_paths
 
     if spec.entrypoint.module != "stjobs.train":
         return
-    for option in ("--train-data", "--eval-data"):
-        try:
-            sources = data_sources(spec.entrypoint.args, option)
-        except StjobsError:
-            return  # a malformed value: the training names it in one line
-        for source in sources:
-            raw = source.path
-            local = raw.startswith((".", "/", "~")) or raw.lower().endswith(_DATA_SUFFIXES)
-            path = workdir / Path(raw).expanduser()  # an absolute path replaces the workdir
-            if not local or path.exists() or (Path(raw).expanduser().is_absolute() and not path.parent.is_dir()):
-                continue
-            raise SpecError("entrypoint.args", f"{option} {source.text}",
-                            f"a data file or saved dataset that exists {where} ({path} does not; relative paths "
-                            "start at the workdir)")
+    for option, source in data_paths(spec.entrypoint.args):
+        raw = Path(source.path).expanduser()
+        path = workdir / raw  # an absolute path replaces the workdir
+        if path.exists() or (raw.is_absolute() and not path.parent.is_dir()):
+            continue
+        raise SpecError("entrypoint.args", f"{option} {source.text}",
+                        f"a data file or saved dataset that exists {where} ({path} does not; relative paths "
+                        "start at the workdir)")
 
 
 # Finds top-level packages without importing them: cheap enough to run before every submit.

@@ -203,6 +203,31 @@ def data_sources(argv: Sequence[str], option: str) -> list[DataSource]:
     return found
 
 
+# The options naming data the job reads, and what the training reads as a local file (by suffix, with the
+# datasets builder for it: stjobs.train.data.load_table) rather than a hub dataset name.
+DATA_OPTIONS = ("--train-data", "--eval-data")
+FILE_BUILDERS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
+
+
+def names_a_path(text: str) -> bool:
+    """Whether a data value is meant as a local path (a file's suffix, or ``.``, ``/``, ``~`` first), which must
+    then exist, rather than a hub dataset name."""
+    return text.startswith((".", "/", "~")) or Path(text).suffix.lower() in FILE_BUILDERS
+
+
+def data_paths(argv: Sequence[str]) -> list[tuple[str, DataSource]]:
+    """(option, source) for every data value of a training command line that names a local path; an option with
+    a malformed value is left out (the training names it in one line). For the checks made at submit."""
+    found: list[tuple[str, DataSource]] = []
+    for option in DATA_OPTIONS:
+        try:
+            sources = data_sources(argv, option)
+        except TrainConfigError:
+            continue
+        found += [(option, source) for source in sources if names_a_path(source.path)]
+    return found
+
+
 def _source_type(option: str) -> Callable[[str], DataSource]:
     def convert(text: str) -> DataSource:
         try:

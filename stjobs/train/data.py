@@ -20,7 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from stjobs.train.args import DataSource, TrainConfig, TrainConfigError, matryoshka_refusal
+from stjobs.train.args import FILE_BUILDERS as FILE_BUILDERS
+from stjobs.train.args import DataSource, TrainConfig, TrainConfigError, matryoshka_refusal, names_a_path
 
 # The loss table lives in stjobs.train.losses (stdlib only), the loss and evaluator builders in
 # stjobs.train.objectives; these names are read from here too.
@@ -46,7 +47,6 @@ for _kind, _columns in KIND_LAYOUTS:
     KIND_COLUMNS.setdefault(_kind, _columns)
 TEXT_COLUMNS = frozenset({"anchor", "positive", "negative", "sentence1", "sentence2", "premise", "hypothesis"})
 LABELS_EXPECTED = "expected integers from 0 (class ids; a similarity goes in a 'score' column)"
-FILE_BUILDERS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
 EVAL_SPLITS = ("validation", "dev", "eval", "test")
 
 
@@ -132,7 +132,7 @@ def load_table(spec: str, option: str, split: str = "train") -> Any:
         if isinstance(loaded, datasets.DatasetDict):
             return _pick_split(loaded, spec, option, split)
         return loaded
-    if path.suffix.lower() in FILE_BUILDERS or spec.startswith((".", "/", "~")):
+    if names_a_path(spec):
         raise TrainConfigError(f"{option}: got {spec!r}; expected an existing file or directory")
     try:
         loaded = datasets.load_dataset(spec)
