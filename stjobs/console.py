@@ -18,6 +18,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
+from stjobs.statustable import duration  # one way to write a span, in the console and the status table
 from stjobs.train.events import PREFIX, parse_events
 
 RANK_PREFIX = re.compile(r"\[(?:rank|default)(\d+)\]:")  # torchrun's (our template) and its default one
@@ -28,13 +29,6 @@ RATE_WINDOW = 5  # loss events whose arrival times measure the steps per second
 MIN_SPAN_S = 1.0  # below this the arrival times measure the reading, not the training (a finished log's replay)
 MAX_LINE = 1 << 16  # a partial line (a tqdm bar redrawn with \r for minutes) is kept up to this many characters
 CLEAR = "\x1b[K"
-
-
-def duration(seconds: float) -> str:
-    """``0:12``, ``12:34``, ``1:02:03``."""
-    minutes, secs = divmod(max(0, round(seconds)), 60)
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
 
 
 def _num(value: Any) -> float | None:
