@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Collection, Iterator
+from collections.abc import Collection, Iterator, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -134,14 +134,24 @@ def render_to(spec: JobSpec, out_dir: str | Path, backend: str = "local", force:
     return plan
 
 
-def submit(spec: JobSpec, backend: str = "local", k8s_schemas: str | Path | None = None, **options: Any) -> JobRecord:
+def submit(spec: JobSpec, backend: str = "local", k8s_schemas: str | Path | None = None,
+           after: Sequence[tuple[str, str]] = (), if_dependency_fails: str = "cancel",
+           **options: Any) -> JobRecord:
     """Render, check what needs this machine, then hand the plan to the backend. Every refusal comes before the
-    job directory exists; the backend (and the job it starts) writes under a umask without world write."""
+    job directory exists; the backend (and the job it starts) writes under a umask without world write.
+
+    ``after``: ``(kind, job_id)`` pairs, kind ``ok`` (start once that job completed) or ``any`` (once it ended);
+    ``if_dependency_fails``: ``cancel`` or ``keep`` (pending) the job when one can never be met."""
     from stjobs.jobs import name_outputs, prepare_jobs_root
 
     module = backend_module(backend)
     plan = render(spec, backend, k8s_schemas)
+    from stjobs.after import dependencies
+
+    waits = dependencies(after, backend, if_dependency_fails, job_status)
     module.check(plan, **options)  # what this machine must have (secrets in the environment, paths, ...)
+    if waits:
+        options.update(after=waits, if_dependency_fails=if_dependency_fails)
     with no_world_write():
         prepare_jobs_root()
         return name_outputs(module.submit(plan, **options), plan.spec.output_dir, plan.spec.workdir_path)

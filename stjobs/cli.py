@@ -94,7 +94,8 @@ def cmd_submit(args: argparse.Namespace) -> int:
     if args.sbatch and args.backend != "slurm":
         raise UsageFailure(f"--sbatch: got --sbatch with --backend {args.backend}; expected --backend slurm "
                            "(--sbatch submits with plain sbatch)")
-    record = api.submit(spec_from(args), args.backend, k8s_schemas(args), **options)
+    record = api.submit(spec_from(args), args.backend, k8s_schemas(args), after=args.after,
+                        if_dependency_fails=args.if_dependency_fails, **options)
     print(f"submitted {record.job_id} ({args.backend}, {record.nodes} node(s) x {record.procs_per_node} "
           f"process(es)); files in {record.job_dir}", flush=True)
     if args.follow:
@@ -252,6 +253,9 @@ def _submit_parser(submit: argparse.ArgumentParser) -> None:
     submit.add_argument("--follow", "-f", action="store_true", help="stream the output until the job ends")
     submit.add_argument("--sbatch", action="store_true",
                         help="slurm: submit the rendered batch file with plain sbatch instead of submitit")
+    from stjobs.cliparse import after_arguments
+
+    after_arguments(submit)
     submit.set_defaults(run=cmd_submit)
 
 

@@ -182,3 +182,19 @@ def image_arguments(image: argparse.ArgumentParser) -> tuple[argparse.ArgumentPa
     image_build.add_argument("--builder-arg", dest="builder_args", action="append", default=[], metavar="ARG",
                              help="passed to the builder after 'build', e.g. --builder-arg=--build-arg=X=1")
     return image_render, image_build
+
+
+def after_arguments(submit: argparse.ArgumentParser) -> None:
+    """``stjobs submit``'s pipeline flags: each adds ``(kind, job)`` to ``after`` (:mod:`stjobs.after`)."""
+    for flag, kind, said in (("--after", "ok", "start once JOB has completed (repeatable)"),
+                             ("--after-ok", "ok", "the same as --after"),
+                             ("--after-any", "any", "start once JOB has ended, however it ended")):
+        submit.add_argument(flag, dest="after", action="append", default=[], metavar="JOB", help=said,
+                            type=_dependency(kind))
+    submit.add_argument("--if-dependency-fails", choices=("cancel", "keep"), default="cancel",
+                        help="when a job it waits for ends the wrong way: cancel this one (default), or keep it "
+                        "pending (SLURM: DependencyNeverSatisfied) until you cancel it")
+
+
+def _dependency(kind: str) -> Callable[[str], tuple[str, str]]:
+    return lambda job: (kind, job)

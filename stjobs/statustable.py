@@ -54,7 +54,8 @@ def cells(row: Row, now: float) -> dict[str, str]:
     return {
         "job": record.job_id, "name": record.name, "backend": record.backend,
         "nodes": f"{record.nodes}x{record.procs_per_node}", "state": status.state.value,
-        "exit": "" if status.exit_code is None else str(status.exit_code),
+        # A job that has not ended has no exit code, whatever sacct prints for it (0:0 while pending).
+        "exit": "" if status.exit_code is None or not status.state.finished else str(status.exit_code),
         "requeues": str(status.requeues) if status.requeues else "",
         "progress": progress.text() if progress is not None else "-",
         "samples/s": f"{rate:.1f}" if rate is not None else "-",

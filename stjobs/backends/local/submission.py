@@ -4,19 +4,18 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
-import zlib
+from collections.abc import Sequence
 from pathlib import Path
 
+from stjobs.after import DEFAULT_IF_FAILS, After
 from stjobs.backends.common import check_secrets
 from stjobs.backends.local.checks import check_local
 from stjobs.backends.local.gpus import job_gpus
-from stjobs.backends.local.jobdir import PID_FILE, SUPERVISOR_LOG, private_file
+from stjobs.backends.local.jobdir import PID_FILE, SUPERVISOR_LOG, free_port, private_file
 from stjobs.backends.local.renderer import NAME
-from stjobs.errors import SubmitError
 from stjobs.jobs import JobRecord, jobs_root, new_job_id
 from stjobs.plan import Plan, write_plan
 from stjobs.snapshot import copy_snapshot, plan_snapshot, snapshot_details
@@ -32,8 +31,10 @@ def check(plan: Plan, cwd: str | Path | None = None) -> None:
     plan_snapshot(plan.spec, Path(cwd or os.getcwd()) / plan.spec.workdir_path)
 
 
-def submit(plan: Plan, cwd: str | Path | None = None) -> JobRecord:
-    """Write the plan into a new job directory and start its supervisor in a session of its own."""
+def submit(plan: Plan, cwd: str | Path | None = None, after: Sequence[After] = (),
+           if_dependency_fails: str = DEFAULT_IF_FAILS) -> JobRecord:
+    """Write the plan into a new job directory and start its supervisor in a session of its own; with ``after``,
+    the supervisor starts the nodes once those jobs have ended as asked (:mod:`stjobs.after`)."""
     spec = plan.spec
     gpus = job_gpus(spec)  # before anything is written: a job that cannot get its GPUs leaves nothing behind
     job_id = new_job_id(plan.job_name)
@@ -53,8 +54,12 @@ def submit(plan: Plan, cwd: str | Path | None = None) -> JobRecord:
         "python": spec.python or sys.executable,
         "cuda_visible_devices": gpus,  # per node; the supervisor sets it in each node's environment
     }
+    if after:
+        details.update(after=[item.to_json() for item in after], if_dependency_fails=if_dependency_fails)
     if spec.nodes > 1:
         details["rdzv_port"] = spec.rendezvous.port or free_port(spec.rendezvous.port_range, job_id)
+        if after and not spec.rendezvous.port:  # free now, maybe not when the wait ends: picked again then
+            details["rdzv_port_range"] = list(spec.rendezvous.port_range)
     record = JobRecord(job_id=job_id, backend=NAME, name=spec.name, job_dir=str(job_dir),
                        submitted_at=time.time(), nodes=spec.nodes, procs_per_node=spec.procs_per_node,
                        details=details)
@@ -68,19 +73,3 @@ def submit(plan: Plan, cwd: str | Path | None = None) -> JobRecord:
     with os.fdopen(private_file(job_dir / PID_FILE), "w", encoding="utf-8", newline="\n") as pid_file:
         pid_file.write(f"{process.pid}\n")
     return record
-
-
-def free_port(port_range: tuple[int, int], job_id: str) -> int:
-    """A port in the spec's range that is free now, starting from a point derived from the job id."""
-    low, high = port_range
-    span = high - low + 1
-    start = zlib.crc32(job_id.encode()) % span
-    for step in range(span):
-        port = low + (start + step) % span
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-            try:
-                probe.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
-    raise SubmitError(f"rendezvous.port_range: no free port in {low}-{high} on this machine")

@@ -13,14 +13,16 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
 
+from stjobs.after import After, flag
 from stjobs.backends.common import NODE_SCRIPT
 from stjobs.backends.joblog import first_error, read_tail
 from stjobs.backends.local.gpus import VARIABLE as VISIBLE_GPUS
-from stjobs.backends.local.jobdir import OUTPUT_LOG, STATUS_FILE, private_file
-from stjobs.jobs import State, load_record_at, write_json
+from stjobs.backends.local.jobdir import OUTPUT_LOG, STATUS_FILE, free_port, port_free, private_file
+from stjobs.jobs import JobRecord, State, load_record_at, write_json
 
 GRACE_S = 30.0
 
@@ -65,6 +67,17 @@ def supervise(job_dir: Path) -> int:
 
     signal.signal(signal.SIGTERM, on_cancel)
     signal.signal(signal.SIGINT, on_cancel)
+    never = wait_for_dependencies(record, status_path, started, lambda: cancelled)
+    if cancelled or never:
+        reason = "cancelled by the user" if cancelled else f"{never}; cancelled (--if-dependency-fails cancel)"
+        write_json(status_path, {"state": State.CANCELLED.value, "pid": os.getpid(), "started_at": started,
+                                 "ended_at": time.time(), "reason": reason})
+        return 0
+    started = time.time()
+    port_range = record.details.get("rdzv_port_range")
+    if isinstance(port_range, list) and not port_free(int(str(record.details["rdzv_port"]))):
+        record.details["rdzv_port"] = free_port((int(port_range[0]), int(port_range[1])), record.job_id)
+    write_json(status_path, {"state": State.RUNNING.value, "pid": os.getpid(), "started_at": started})
 
     # Held by the children until the end; 0o644 at most, like everything the job writes (see the umask).
     output = os.fdopen(private_file(job_dir / OUTPUT_LOG), "ab", buffering=0)
@@ -112,6 +125,43 @@ def supervise(job_dir: Path) -> int:
                              "reason": reason})
     output.close()
     return 0
+
+
+def wait_for_dependencies(record: JobRecord, status_path: Path, started: float,
+                          cancelled: Callable[[], bool], poll_s: float = 1.0) -> str:
+    """Hold the job (PENDING, its reason naming what it waits for) until every job of its ``after`` has ended as
+    asked; "" then, or when cancelled. A dependency that can never be met: its description when the job is to be
+    cancelled; else the job stays PENDING saying so until it is cancelled (``--if-dependency-fails keep``)."""
+    from stjobs.after import met, recorded
+
+    waits = recorded(record.details)
+    keep = record.details.get("if_dependency_fails") == "keep"
+    said = ""
+    while waits and not cancelled():
+        states = [(item, _state_of(item)) for item in waits]
+        never = next((f"DependencyNeverSatisfied: {item.job_id} ended {state} ({flag(item.kind)})"
+                      for item, state in states if met(item.kind, state) is False), "")
+        if never and not keep:
+            return never
+        waits = [item for item, state in states if met(item.kind, state) is not True]
+        if not waits:
+            break
+        reason = never or "waiting for " + ", ".join(f"{item.job_id} ({flag(item.kind)})" for item in waits)
+        if reason != said:
+            write_json(status_path, {"state": State.PENDING.value, "pid": os.getpid(), "started_at": started,
+                                     "reason": reason})
+            said = reason
+        time.sleep(poll_s)
+    return ""
+
+
+def _state_of(item: After) -> str:
+    from stjobs.backends.local.control import status as local_status
+
+    try:
+        return local_status(load_record_at(Path(item.job_dir))).state.value
+    except (OSError, ValueError, TypeError):
+        return State.LOST.value  # its directory is gone (stjobs clean): it can complete no more
 
 
 def _signal_all(nodes: list[subprocess.Popen[bytes]], signum: int) -> None:

@@ -13,6 +13,7 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import replace
 
+from stjobs.after import recorded
 from stjobs.backends.joblog import first_error, read_tail
 from stjobs.backends.slurm import jobfiles
 from stjobs.backends.slurm.jobfiles import Seen, output_files, slurm_id
@@ -155,6 +156,10 @@ def _verdict(record: JobRecord, state: str, exit_code: int | None, requeues: int
         lines = "; ".join(line for line in _failure_lines(texts) if line not in cause)
         slurm = f"SLURM state {state}" + (f" exit {exit_code}" if exit_code else "") + (f": {lines}" if lines else "")
         reason = f"{cause}; {slurm}" if cause else slurm
+        waited = [item.job_id for item in recorded(record.details)]
+        if ours is State.CANCELLED and waited and record.details.get("if_dependency_fails") == "cancel":
+            reason += (f" (it waited for {', '.join(waited)}; SLURM cancels it when that ends the wrong way, "
+                       "--if-dependency-fails cancel)")
     return JobStatus(record, ours, exit_code, reason, requeues)
 
 

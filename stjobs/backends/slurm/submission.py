@@ -15,10 +15,11 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from stjobs.after import DEFAULT_IF_FAILS, After, slurm_dependency
 from stjobs.backends import common
 from stjobs.backends.slurm import renderer as slurm
 from stjobs.errors import SubmitError, UsageError
@@ -51,8 +52,12 @@ def node_python(plan: Plan, cwd: str | Path | None = None) -> str | None:
     return common.check_python(spec, plan.launch.python_modules if plan.launch else (), workdir)
 
 
-def submit(plan: Plan, sbatch: bool = False, cwd: str | Path | None = None, executor: Any = None) -> JobRecord:
-    """Write the plan into a new job directory and submit it; on any refusal nothing is left behind."""
+def submit(plan: Plan, sbatch: bool = False, cwd: str | Path | None = None, executor: Any = None,
+           after: Sequence[After] = (), if_dependency_fails: str = DEFAULT_IF_FAILS) -> JobRecord:
+    """Write the plan into a new job directory and submit it; on any refusal nothing is left behind. ``after``:
+    jobs SLURM holds this one for (--dependency), cancelling it or keeping it pending when one ends the wrong
+    way (--kill-on-invalid-dep) as ``if_dependency_fails`` says."""
+    waits = _dependency_options(after, if_dependency_fails)
     job_id = new_job_id(plan.job_name)
     job_dir = jobs_root() / job_id
     write_plan(plan, job_dir)
@@ -63,9 +68,9 @@ def submit(plan: Plan, sbatch: bool = False, cwd: str | Path | None = None, exec
         if snapshot is not None:
             copy_snapshot(snapshot, job_dir)
         if sbatch:
-            slurm_id, details = _submit_sbatch(job_dir, workdir, python)
+            slurm_id, details = _submit_sbatch(job_dir, workdir, python, waits)
         else:
-            slurm_id, details = _submit_submitit(plan, job_dir, workdir, executor, python)
+            slurm_id, details = _submit_submitit(plan, job_dir, workdir, executor, python, waits)
     except BaseException:
         shutil.rmtree(job_dir, ignore_errors=True)
         raise
@@ -74,13 +79,24 @@ def submit(plan: Plan, sbatch: bool = False, cwd: str | Path | None = None, exec
                        details={"slurm_job_id": slurm_id, "cwd": str(workdir),
                                 "max_requeues": plan.spec.slurm.max_requeues,
                                 "snapshot": snapshot_details(snapshot), **details})
+    if after:
+        record.details.update(after=[item.to_json() for item in after], if_dependency_fails=if_dependency_fails)
     record.save()
     return record
 
 
-def _submit_sbatch(job_dir: Path, workdir: Path, python: str | None) -> tuple[str, dict[str, object]]:
+def _dependency_options(after: Sequence[After], if_fails: str) -> dict[str, str]:
+    """sbatch's options for ``after`` (also submitit's additional parameters, without the dashes). The kill
+    option is always given: the site's default (SchedulerParameters=kill_invalid_depend) is not the user's."""
+    if not after:
+        return {}
+    return {"dependency": slurm_dependency(after), "kill-on-invalid-dep": "yes" if if_fails == "cancel" else "no"}
+
+
+def _submit_sbatch(job_dir: Path, workdir: Path, python: str | None,
+                   waits: dict[str, str]) -> tuple[str, dict[str, object]]:
     output = job_dir / "slurm-%j.out"
-    argv = ["sbatch", "--parsable", f"--output={output}",
+    argv = ["sbatch", "--parsable", f"--output={output}", *(f"--{key}={value}" for key, value in waits.items()),
             # ALL keeps the submitting environment (secrets); the job dir is told outright.
             f"--export=ALL,STJOBS_JOB_DIR={job_dir}", str(job_dir / slurm.SBATCH_FILE)]
     # The interpreter through the environment --export=ALL carries (a path may hold a comma, which --export
@@ -95,8 +111,8 @@ def _submit_sbatch(job_dir: Path, workdir: Path, python: str | None) -> tuple[st
     return slurm_id, {"mode": "sbatch", "output": str(output).replace("%j", slurm_id)}
 
 
-def _submit_submitit(plan: Plan, job_dir: Path, workdir: Path, executor: Any,
-                     python: str | None) -> tuple[str, dict[str, object]]:
+def _submit_submitit(plan: Plan, job_dir: Path, workdir: Path, executor: Any, python: str | None,
+                     waits: dict[str, str]) -> tuple[str, dict[str, object]]:
     from stjobs.backends.slurm.task import NodeTask
 
     spec = plan.spec
@@ -107,6 +123,7 @@ def _submit_submitit(plan: Plan, job_dir: Path, workdir: Path, executor: Any,
     values = {"STJOBS_JOB_DIR": str(job_dir), "SLURM_SUBMIT_DIR": str(workdir),
               "STJOBS_WORKDIR": str(workdir / spec.workdir_path)}
     params = submitit_parameters(spec, values)
+    params["additional_parameters"].update({key.replace("-", "_"): value for key, value in waits.items()})
     if python is not None:
         params["setup"] = [f"export STJOBS_PYTHON={shlex.quote(python)}", *params["setup"]]
     else:
