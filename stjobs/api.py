@@ -186,15 +186,27 @@ def status_rows(job_id: str | None = None, states: Collection[State] = (), backe
 
 def progress(job: JobStatus) -> Progress | None:
     """How far the job is, from the events in the tail of its rank-0 output (:mod:`stjobs.progress`); read only
-    for a job that runs or has finished (a finished one's answer is kept in its directory), None without events."""
+    for a job that runs or has finished (a finished one's answer is kept in its directory), None without events.
+    A file here is read directly (its size and mtime tell a kept answer stale); an output elsewhere (a pod's log)
+    through the backend's ``output_tail``, one call, and an error there leaves the progress unknown."""
     from stjobs.jobs import State
-    from stjobs.progress import read_progress
+    from stjobs.progress import TAIL_BYTES, read_progress, remote_progress
 
     if job.state in (State.PENDING, State.UNKNOWN):
         return None
     record = job.record
-    return read_progress(backend_module(record.backend).output_file(record), Path(record.job_dir),
-                         job.state.finished)
+    module = backend_module(record.backend)
+    path = module.output_file(record)
+    if path is not None:
+        return read_progress(path, Path(record.job_dir), job.state.finished)
+
+    def tail() -> str | None:
+        try:
+            return module.output_tail(record, TAIL_BYTES)
+        except StjobsError:  # the API server refused or is away: one row's progress unknown, not the table lost
+            return None
+
+    return remote_progress(tail, Path(record.job_dir), job.state.finished)
 
 
 def _statuses_of(name: str, records: list[JobRecord]) -> list[JobStatus]:

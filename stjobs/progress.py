@@ -5,6 +5,7 @@ Cheap by design, as ``stjobs status`` asks this of every job it lists: only the 
 job's rank-0 output are read (plus, when that tail holds no ``start`` event, the first :data:`TAIL_BYTES`, where
 the run's planned steps and global batch are), and only for a job that runs or has finished; a finished job's
 answer is kept in its directory (:data:`CACHE_FILE`) and read from there while its output file is unchanged.
+An output that is no file here (a pod's log) is read by its backend, one bounded call (:func:`remote_progress`).
 Standard library only (the YAML of the stored spec is read only for an old run whose ``start`` lacks
 ``max_steps``).
 """
@@ -14,7 +15,8 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-from dataclasses import asdict, dataclass
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +25,9 @@ from stjobs.train.events import parse_events
 
 TAIL_BYTES = 64 * 1024
 CACHE_FILE = "progress.json"
+# The stamps of an answer kept for an output with no size and mtime here (a pod's log): a finished job's, final;
+# a running job's latest, which stands only once its output is gone.
+FINISHED, RUNNING = "finished", "running"
 RATE_WINDOW = 5  # loss events whose samples/s the ETA averages (the latest ones of the current run)
 
 
@@ -143,15 +148,75 @@ def read_progress(path: Path | None, job_dir: Path, finished: bool) -> Progress 
         if kept is not None:
             return kept
     text, whole = read_tail(path, stat.st_size)
-    events = parse_events(text)
-    start = None
-    if not whole and not any(event.get("event") == "start" and event.get("rank", 0) == 0 for event in events):
-        start = next((event for event in parse_events(read_head(path)) if event.get("event") == "start"
-                      and event.get("rank", 0) == 0), None)
-    found = from_events(events, planned_steps(job_dir), finished, start)
+    found = tail_progress(text, planned_steps(job_dir), finished,
+                          (lambda: None) if whole else (lambda: run_start(read_head(path))))
     if finished:
         _keep(job_dir, stamp, found)
     return found
+
+
+def tail_progress(text: str, planned: Planned | None, finished: bool,
+                  earlier_start: Callable[[], dict[str, Any] | None] = lambda: None) -> Progress | None:
+    """The progress the tail ``text`` of rank 0's output says, wherever the output lives (a file, a pod's log).
+    ``earlier_start``: the run's ``start`` event from elsewhere (the output's head, one kept from an earlier
+    tail), asked only when the tail lacks one."""
+    events = parse_events(text)
+    start = None if _start_in(events) is not None else earlier_start()
+    return from_events(events, planned, finished, start)
+
+
+def run_start(text: str) -> dict[str, Any] | None:
+    """The last rank-0 ``start`` event in ``text``, None without one."""
+    return _start_in(parse_events(text))
+
+
+def _start_in(events: list[dict[str, Any]]) -> dict[str, Any] | None:
+    return next((event for event in reversed(events) if event.get("event") == "start"
+                 and event.get("rank", 0) == 0), None)
+
+
+def remote_progress(tail: Callable[[], str | None], job_dir: Path, finished: bool) -> Progress | None:
+    """The progress in rank 0's output where it is no file on this machine (a pod's log, read by the backend
+    with one call: ``tail()``, its latest :data:`TAIL_BYTES` or so, "" when there is no output, None when it
+    cannot be read now).
+
+    Such an output has no size and mtime to tell a kept answer stale, but a finished job's output no longer
+    changes: its answer is kept once (stamp :data:`FINISHED`) and ``tail`` is not called again. A running job's
+    latest answer and the run's ``start`` event are kept too (stamp :data:`RUNNING`): the start carries the
+    global batch the ETA needs once the tail no longer holds it, and the answer stands for the job when its
+    output is gone by the time it is seen finished (pods deleted with their job)."""
+    kept = _read_kept(job_dir)
+    if finished and kept.get("stamp") == FINISHED:
+        return _progress_of(kept.get("progress"))
+    text = tail()
+    if text is None:  # unreadable now (the API server refused or is away): unknown, asked again next time
+        return None
+    # No head read, unlike a file's: it would be a second call per job and refresh. The stored spec gives the
+    # planned steps; only the ETA's global batch is missing, and it is in the start kept from an earlier tail
+    # (the first `status` of a run sees the start: its log is short then).
+    start = kept.get("start")
+    kept_start: dict[str, Any] | None = start if isinstance(start, dict) else None
+    found = tail_progress(text, planned_steps(job_dir), finished, lambda: kept_start)
+    if found is None and finished and kept.get("stamp") == RUNNING:
+        last = _progress_of(kept.get("progress"))  # its output is gone: what it said while running
+        found = replace(last, eta_s=None, finished=True) if last is not None else None
+    said: dict[str, object] = {"stamp": FINISHED if finished else RUNNING,
+                               "progress": asdict(found) if found else None, "start": run_start(text) or kept_start}
+    if (finished or found is not None) and said != kept:  # unchanged: no write on each --watch refresh
+        _write_kept(job_dir, said)
+    return found
+
+
+def file_tail(path: Path | None, limit: int = TAIL_BYTES) -> str | None:
+    """The last ``limit`` bytes of the file ``path`` as text, from its first whole line (a backend's
+    ``output_tail`` where rank 0's output is a file here); None without a file."""
+    if path is None:
+        return None
+    try:
+        size = path.stat().st_size
+    except OSError:
+        return None
+    return read_tail(path, size, limit)[0]
 
 
 def read_tail(path: Path, size: int, limit: int = TAIL_BYTES) -> tuple[str, bool]:
@@ -197,11 +262,23 @@ def planned_steps(job_dir: Path) -> Planned | None:
 
 
 def _cached(job_dir: Path, stamp: list[int]) -> Progress | None:
+    kept = _read_kept(job_dir)
+    return _progress_of(kept.get("progress")) if kept.get("stamp") == stamp else None
+
+
+def _keep(job_dir: Path, stamp: list[int], found: Progress | None) -> None:
+    if found is not None:
+        _write_kept(job_dir, {"stamp": stamp, "progress": asdict(found)})
+
+
+def _read_kept(job_dir: Path) -> dict[str, object]:
     from stjobs.jobs import read_json
 
-    kept = read_json(job_dir / CACHE_FILE) or {}
-    said = kept.get("progress")
-    if kept.get("stamp") != stamp or not isinstance(said, dict):
+    return read_json(job_dir / CACHE_FILE) or {}
+
+
+def _progress_of(said: object) -> Progress | None:
+    if not isinstance(said, dict):
         return None
     fields = {key: value for key, value in said.items() if key in Progress.__dataclass_fields__}
     try:
@@ -210,14 +287,12 @@ def _cached(job_dir: Path, stamp: list[int]) -> Progress | None:
         return None
 
 
-def _keep(job_dir: Path, stamp: list[int], found: Progress | None) -> None:
-    if found is None:
-        return
+def _write_kept(job_dir: Path, kept: dict[str, object]) -> None:
     from stjobs.jobs import write_json
 
     with contextlib.suppress(OSError):  # someone else's job directory: the answer stands, only not kept
         if os.access(job_dir, os.W_OK):
-            write_json(job_dir / CACHE_FILE, {"stamp": stamp, "progress": asdict(found)})
+            write_json(job_dir / CACHE_FILE, kept)
 
 
 def _int(value: object) -> int | None:

@@ -19,7 +19,9 @@ Faithful:
   the ``foregroundDeletion`` finalizer while its pods go, when ``foreground_delay_s`` is set;
 - objects and pods listed by label selector (``=``, ``==``, ``!=``, ``key``, ``!key``, ``key in (a,b)``,
   ``key notin (a,b)``), logs per container, 400 while a container is waiting to start, ``follow=true`` streamed
-  in chunks until the pod ends or the test closes it.
+  in chunks until the pod ends or the test closes it; ``tailLines`` (the last N lines, a cut last line counting)
+  then ``limitBytes`` (the first N bytes of those, which may cut a line or a character), as the kubelet applies
+  them, each refused with 422 when out of range (tailLines < 0, limitBytes < 1).
 Not faithful: no controllers (the test sets conditions and creates pods), no admission webhooks (the
 training-operator's rules), no CEL ``x-kubernetes-validations``, no defaulting, no watch, no PATCH/PUT, no
 TLS, a schema check stricter than the server on explicit nulls and floats for integers (see k8s_checks).
@@ -115,6 +117,27 @@ def status_body(code: int, reason: str, message: str, details: dict[str, Any] | 
     return body
 
 
+def log_options_error(query: dict[str, str]) -> str:
+    """What the API server's validation of PodLogOptions says of ``tailLines`` and ``limitBytes``; "" if valid."""
+    if "tailLines" in query and int(query["tailLines"]) < 0:
+        return f"tailLines: Invalid value: {query['tailLines']}: must be greater than or equal to 0"
+    if "limitBytes" in query and int(query["limitBytes"]) < 1:
+        return f"limitBytes: Invalid value: {query['limitBytes']}: must be greater than 0"
+    return ""
+
+
+def log_window(log: str, query: dict[str, str]) -> bytes:
+    """A container's log as a non-follow read returns it: ``tailLines`` keeps the last N lines (the unterminated
+    line being written counts as one), then ``limitBytes`` stops after the first N bytes of that, mid-line and
+    mid-character alike (the kubelet counts bytes, not lines)."""
+    lines = re.findall(r"[^\n]*\n|[^\n]+$", log)
+    if "tailLines" in query:
+        count = int(query["tailLines"])
+        lines = lines[len(lines) - count:] if count < len(lines) else lines
+    data = "".join(lines).encode()
+    return data[: int(query["limitBytes"])] if "limitBytes" in query else data
+
+
 SET_TERM = re.compile(r"^(?P<key>[^\s!=]+)\s+(?P<op>in|notin)\s+\((?P<values>[^)]*)\)$")
 
 
@@ -166,6 +189,7 @@ class FakeKube:
         self.pods: dict[tuple[str, str], Pod] = {}
         self.requests: list[Request] = []
         self.foreground_delay_s = 0.0  # > 0: a Foreground delete keeps the object this long (its pods go first)
+        self.log_error: int | None = None  # set: every log read answers it (a kubelet the API server cannot reach)
         self.changed = threading.Condition()
         self._version = 0
         self._clock = time.time()
@@ -457,10 +481,15 @@ def _handler(fake: FakeKube) -> type[BaseHTTPRequestHandler]:
             elif pod.phase == "Pending":
                 self._json(400, status_body(400, "BadRequest", f'container "{pod.container}" in pod "{name}" is '
                                             "waiting to start: ContainerCreating"))
+            elif fake.log_error is not None:
+                self._json(fake.log_error, status_body(fake.log_error, "InternalError", "Get \"https://10.0.0.7:"
+                                                       "10250/containerLogs\": dial tcp: connection refused"))
+            elif invalid := log_options_error(query):
+                self._json(422, status_body(422, "Invalid", f'PodLogOptions "{name}" is invalid: {invalid}'))
             elif query.get("follow") == "true":
                 self._stream(pod)
             else:
-                self._send(200, pod.log.encode(), "text/plain")
+                self._send(200, log_window(pod.log, query), "text/plain")
 
         def _stream(self, pod: Pod) -> None:
             """Chunked, as the kubelet's stream through the API server: what is there, then each new piece,

@@ -121,9 +121,11 @@ def test_the_public_api_sits_above_backends_and_images() -> None:
 def test_backends_are_packages_with_the_same_face() -> None:
     import importlib
 
-    from stjobs.backends import BACKENDS
+    from stjobs.backends import BACKENDS, Backend
 
-    face = {"NAME", "render", "uses_image", "check", "submit", "status", "statuses", "logs", "cancel"}
+    face = {"NAME", "render", "uses_image", "check", "submit", "status", "statuses", "logs", "cancel", "output_file",
+            "output_tail"}
+    assert face <= set(vars(Backend)) | set(Backend.__annotations__)  # the Protocol says the same face
     for name, module_path in BACKENDS.items():
         module = importlib.import_module(module_path)
         assert Path(module.__file__ or "").name == "__init__.py", name

@@ -4,8 +4,10 @@
 its build files come with the render), ``check(plan, ...)`` (what must hold on this machine before anything is
 written), ``submit(plan, ...) -> JobRecord`` (side effects), and for job control ``status(record)``,
 ``statuses(records)`` (a listing: many jobs in one query of the scheduler, never one per job),
-``logs(record, follow, rank)``, ``cancel(record)``, and ``output_file(record)`` (the file on this machine that
-holds rank 0's output, whose tail ``stjobs status`` reads the job's progress from; None where there is none).
+``logs(record, follow, rank)``, ``cancel(record)``, ``output_file(record)`` (the file on this machine that holds
+rank 0's output, whose tail ``stjobs status`` reads the job's progress from; None where there is none) and
+``output_tail(record, limit_bytes)`` (about the last ``limit_bytes`` of rank 0's output as text, from a line's
+start, wherever it lives: a file's tail, or a pod log's read with one call; "" without output, None when unknown).
 Packages are imported on first use, so rendering for one backend never imports another backend's client library;
 what several backends share is in ``common``.
 """
@@ -46,6 +48,8 @@ class Backend(Protocol):
     def cancel(self, record: JobRecord) -> JobStatus: ...
 
     def output_file(self, record: JobRecord) -> Path | None: ...
+
+    def output_tail(self, record: JobRecord, limit_bytes: int) -> str | None: ...
 
 
 BACKENDS: dict[str, str] = {

@@ -20,8 +20,8 @@ if TYPE_CHECKING:
     from stjobs.jobs import JobRecord, JobStatus
     from stjobs.plan import Plan
 
-__all__ = ["NAME", "cancel", "check", "logs", "output_file", "render", "status", "statuses", "submit",
-           "uses_image"]
+__all__ = ["NAME", "cancel", "check", "logs", "output_file", "output_tail", "render", "status", "statuses",
+           "submit", "uses_image"]
 
 
 def check(plan: Plan, **options: Any) -> None:
@@ -55,6 +55,13 @@ def logs(record: JobRecord, follow: bool = False, rank: int | None = None) -> It
 def output_file(record: JobRecord) -> Path | None:
     """None: the pods' logs live in the cluster (reading them is a call per job), not in a file here."""
     return None
+
+
+def output_tail(record: JobRecord, limit_bytes: int) -> str | None:
+    """About the last ``limit_bytes`` of the master's (node 0's) pod log: a pod list and one log call."""
+    from stjobs.backends.k8s import logstream
+
+    return logstream.tail(record, limit_bytes)
 
 
 def cancel(record: JobRecord) -> JobStatus:

@@ -106,6 +106,20 @@ def pods(job: Target) -> list[dict[str, Any]]:
     return sorted(list_pods(job.client, job.namespace, f"{job.resource.job_label}={job.name}"), key=_rank_order)
 
 
+def rank0_pod(job: Target) -> str | None:
+    """The name of the pod of node rank 0 (the master; node 0 of a TrainJob), None before it exists or once it
+    is gone. Of several (a TrainJob's Job replaced a failed pod under a new name), the running one, else the
+    newest."""
+    found = pods(job)
+    if not found:
+        return None
+    first = _rank_order(found[0])[:4]
+    chosen = max((pod for pod in found if _rank_order(pod)[:4] == first),
+                 key=lambda pod: (pod.get("status", {}).get("phase") == "Running",
+                                  str(pod.get("metadata", {}).get("creationTimestamp") or "")))
+    return str(chosen["metadata"]["name"])
+
+
 def list_pods(client: Any, namespace: str, label_selector: str) -> list[dict[str, Any]]:
     """The pods of ``namespace`` that ``label_selector`` selects, as the server's JSON."""
     response = kube().client.CoreV1Api(client).list_namespaced_pod(

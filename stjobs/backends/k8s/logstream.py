@@ -1,4 +1,5 @@
-"""Logs of a Kubeflow job's pods: each pod's log in rank order, or all of them followed at once.
+"""Logs of a Kubeflow job's pods: each pod's log in rank order, all of them followed at once, or the bounded tail
+of rank 0's that ``stjobs status`` reads the progress from.
 
 Apart from control and client (which list the pods and own the client): reading streams is the one part with threads.
 """
@@ -13,11 +14,12 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-from stjobs.backends.k8s.client import REQUEST_TIMEOUT_S, Target, api_errors, kube, pods, target
+from stjobs.backends.k8s.client import REQUEST_TIMEOUT_S, Target, api_errors, kube, pods, rank0_pod, target
 from stjobs.backends.k8s.control import status
 from stjobs.jobs import JobRecord
 
 FOLLOW_GRACE_S = 10.0  # after the job ended, how long a log stream may stay open (its container has exited)
+LINE_BYTES = 256  # a generous log line: an event line is ~170 bytes; see tail()
 
 
 def logs(record: JobRecord, follow: bool = False, rank: int | None = None, api_client: Any = None,
@@ -38,6 +40,35 @@ def logs(record: JobRecord, follow: bool = False, rank: int | None = None, api_c
                     continue  # not started yet (400) or gone since the list (404): no log to show
                 raise
             yield from _headed(((name, line) for line in _lines(response)), prefix)
+
+
+def tail(record: JobRecord, limit_bytes: int, api_client: Any = None) -> str:
+    """About the last ``limit_bytes`` of rank 0's pod's log, from a line's start; "" while that pod has no log
+    (none yet or any more, its container not started). A pod list and one log call.
+
+    The server has no "last N bytes": ``tailLines`` picks the last lines, then ``limitBytes`` stops after that
+    many bytes of them, from their start. So the lines asked for are as many as fit in ``limit_bytes`` at
+    :data:`LINE_BYTES` each; only longer lines make the limit cut the newest ones (bounded, if staler)."""
+    job = target(record, api_client)
+    with api_errors(job.host, f"reading the log of {job.name}'s rank-0 pod"):
+        pod = rank0_pod(job)
+        if pod is None:
+            return ""
+        try:
+            response = kube().client.CoreV1Api(job.client).read_namespaced_pod_log(
+                pod, job.namespace, container=job.resource.container, tail_lines=max(limit_bytes // LINE_BYTES, 1),
+                limit_bytes=limit_bytes, _preload_content=False, _request_timeout=REQUEST_TIMEOUT_S)
+        except kube().client.exceptions.ApiException as error:
+            if error.status in (400, 404):
+                return ""  # not started (400), or gone since the list (404)
+            raise
+        try:
+            data: bytes = response.data
+        finally:
+            response.release_conn()
+    if len(data) >= limit_bytes:
+        data = data[: data.rfind(b"\n") + 1]  # the limit may have cut the last line (and a character in it)
+    return data.decode(errors="replace")
 
 
 def _headed(lines: Iterator[tuple[str, str]], prefix: str | None) -> Iterator[str]:

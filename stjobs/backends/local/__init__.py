@@ -8,9 +8,20 @@ process that runs a job) and control (status, logs, cancel), over jobdir (what a
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from stjobs.backends.local.control import cancel, logs, output_file, status, statuses
 from stjobs.backends.local.renderer import NAME, render, uses_image
 from stjobs.backends.local.submission import check, submit
 
-__all__ = ["NAME", "cancel", "check", "logs", "output_file", "render", "status", "statuses", "submit",
-           "uses_image"]
+if TYPE_CHECKING:
+    from stjobs.jobs import JobRecord
+
+__all__ = ["NAME", "cancel", "check", "logs", "output_file", "output_tail", "render", "status", "statuses",
+           "submit", "uses_image"]
+
+
+def output_tail(record: JobRecord, limit_bytes: int) -> str | None:
+    from stjobs.progress import file_tail
+
+    return file_tail(output_file(record), limit_bytes)

@@ -21,8 +21,8 @@ if TYPE_CHECKING:
     from stjobs.jobs import JobRecord, JobStatus
     from stjobs.plan import Plan
 
-__all__ = ["NAME", "cancel", "check", "logs", "output_file", "render", "sbatch_parameters", "status", "statuses",
-           "submit", "uses_image"]
+__all__ = ["NAME", "cancel", "check", "logs", "output_file", "output_tail", "render", "sbatch_parameters", "status",
+           "statuses", "submit", "uses_image"]
 
 
 def check(plan: Plan, **options: Any) -> None:
@@ -59,6 +59,12 @@ def output_file(record: JobRecord) -> Path | None:
     from stjobs.backends.slurm.jobfiles import rank0_output
 
     return rank0_output(record)
+
+
+def output_tail(record: JobRecord, limit_bytes: int) -> str | None:
+    from stjobs.progress import file_tail
+
+    return file_tail(output_file(record), limit_bytes)
 
 
 def cancel(record: JobRecord) -> JobStatus:
