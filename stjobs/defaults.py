@@ -28,20 +28,26 @@ SITE_FILE = "/etc/stjobs/defaults.yaml"
 USER_FILE = "stjobs/defaults.yaml"  # under $XDG_CONFIG_HOME, else ~/.config
 # What one job is: a value here in a defaults file would make every job the same job, or write where another does.
 IDENTITY = ("name", "entrypoint", "workdir", "output_dir")
+# What `stjobs init --defaults` writes to a defaults file: where a user's or a site's jobs all run, not their shape.
+SITE_WIDE = (("slurm", "partition"), ("slurm", "account"), ("slurm", "qos"), ("k8s", "namespace"))
 NOTE_FIELDS = 6  # fields a plan's note names per file before "and N more"
 FieldPath = tuple[str, ...]
 
 
-def files_from_env(environ: Mapping[str, str] | None = None) -> list[tuple[str, Path]]:
+def files_from_env(environ: Mapping[str, str] | None = None,
+                   instead: Mapping[str, Path] | None = None) -> list[tuple[str, Path]]:
     """The defaults files to read, lowest first, as (kind, path): the site file and the user file. A path in
     STJOBS_SITE_DEFAULTS or STJOBS_DEFAULTS replaces the usual place and must exist; set empty it means none.
     At the usual places (/etc/stjobs/defaults.yaml, $XDG_CONFIG_HOME or ~/.config/stjobs/defaults.yaml) a
-    missing file is simply no defaults."""
+    missing file is simply no defaults. ``instead``: a file to read for a kind in place of its own (``stjobs init``
+    checks the one it is about to write)."""
     env = os.environ if environ is None else environ
     found: list[tuple[str, Path]] = []
     for kind, name, usual in (("site", SITE_ENV, _site_file), ("user", USER_ENV, _user_file)):
         given = env.get(name)
-        if given is None:
+        if instead and kind in instead:
+            found.append((kind, instead[kind]))
+        elif given is None:
             path = usual(env)
             if path is not None and path.is_file():
                 found.append((kind, path))
@@ -51,6 +57,32 @@ def files_from_env(environ: Mapping[str, str] | None = None) -> list[tuple[str, 
                                "to read none)")
             found.append((kind, Path(given)))
     return found
+
+
+def file_for(kind: str, environ: Mapping[str, str] | None = None) -> Path:
+    """Where the ``kind`` (site or user) defaults file is read from, so there it is written: the path in its
+    variable, else the usual place."""
+    env = os.environ if environ is None else environ
+    name, usual = (SITE_ENV, _site_file) if kind == "site" else (USER_ENV, _user_file)
+    given = env.get(name)
+    if given == "":
+        raise EnvError(name, "", f"a path for the {kind} defaults file, or unset for the usual place (set empty it "
+                       f"means no {kind} defaults file, so there is none to write)")
+    path = Path(given) if given else usual(env)
+    if path is None:
+        raise EnvError(USER_ENV, None, "a path for the user defaults file (there is no home directory to hold "
+                       "~/.config/stjobs/defaults.yaml)")
+    return path
+
+
+def site_wide(values: Mapping[str, Any]) -> dict[str, Any]:
+    """The values of ``values`` (a flat map: partition, account, qos, namespace) that every job of a user or site
+    shares, as a defaults file's data: what ``stjobs init --defaults`` writes there."""
+    data: dict[str, Any] = {}
+    for block, key in SITE_WIDE:
+        if values.get(key):
+            data.setdefault(block, {})[key] = values[key]
+    return data
 
 
 def _site_file(env: Mapping[str, str]) -> Path | None:

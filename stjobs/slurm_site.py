@@ -1,14 +1,17 @@
 """What a SLURM site offers, read from SLURM itself, and the job values that fit it (for ``stjobs init``).
 
 :func:`read_slurm_site` makes one ``sinfo`` call (partitions, their time limits, node counts, GRES, CPUs and memory
-per node) and asks ``sacctmgr`` for the caller's default account; :func:`propose` is pure: the site's facts and the
-user's answers so far in, values out (a partition with GPUs whose time limit allows the job, GPUs per node and their
-type from its GRES, a time within its limit). Parsing is forgiving: a line it cannot read is skipped, a client that
-is missing or fails becomes a note.
+per node), one ``sacctmgr`` call (the caller's default account and associations: accounts, partitions, QoS) and,
+where there is accounting, one ``scontrol`` call (the QoS each partition allows); :func:`propose` is pure: the site's
+facts and the user's answers so far in, values out (a partition with GPUs whose time limit allows the job, GPUs per
+node and their type from its GRES, a time within its limit, the node's share of CPUs and memory, a QoS the user may
+use there). Parsing is forgiving: a line it cannot read is skipped, a client that is missing or fails becomes a note
+(or, for QoS on a site without accounting, nothing).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import shutil
@@ -20,7 +23,13 @@ from typing import Any
 # One sinfo call: partition (a '*' marks the default), up/down, time limit, node count, GRES, CPUs, memory (MB).
 # Without -N sinfo prints one line per partition and node shape, so a partition of mixed nodes has several lines.
 SINFO_FORMAT = "%P|%a|%l|%D|%G|%c|%m"
+# One sacctmgr call: the user record with every association (one line each, the default account on every line).
+SACCTMGR_FORMAT = "format=defaultaccount,account,partition,defaultqos,qos"
 DESIRED_TIME_MIN = 60
+# RealMemory is what a node has, not what jobs get: the OS, slurmd and a site's MemSpecLimit keep some, and a job
+# asking for all of it is refused or never starts. A proposal asks for this share of it.
+MEM_HEADROOM = 0.9
+CPU_JOB_CPUS = 8  # a CPU-only job: enough threads for tokenizing and a small model, not a whole node held idle
 
 
 @dataclass(frozen=True)
@@ -41,6 +50,10 @@ class Partition:
     up: bool = True
     time_limit_min: int | None = None  # None: no limit
     groups: tuple[NodeGroup, ...] = ()
+    # From scontrol, where there is accounting: the partition's own QoS, and the job QoS it allows (None: all).
+    qos: str | None = None
+    allow_qos: tuple[str, ...] | None = None
+    deny_qos: tuple[str, ...] = ()
 
     @property
     def nodes(self) -> int:
@@ -52,10 +65,23 @@ class Partition:
 
 
 @dataclass(frozen=True)
+class Association:
+    """One of the user's associations (sacctmgr): an account, the partition it is limited to (None: any), the QoS
+    it may use and its default QoS (None: SLURM picks, see :func:`usable_qos`)."""
+
+    account: str
+    partition: str | None = None
+    qos: tuple[str, ...] = ()
+    default_qos: str | None = None
+
+
+@dataclass(frozen=True)
 class SiteFacts:
     partitions: tuple[Partition, ...] = ()
     account: str | None = None
     notes: tuple[str, ...] = ()  # what could not be read, for the user
+    associations: tuple[Association, ...] = ()
+    accounting: bool = False  # sacctmgr answered: accounts and QoS are the site's to enforce
 
 
 def parse_time_limit(text: str) -> int | None:
@@ -137,6 +163,41 @@ def parse_sinfo(text: str) -> tuple[Partition, ...]:
                  for name, entry in parts.items())
 
 
+def _words(text: str) -> tuple[str, ...]:
+    return tuple(word.strip() for word in text.split(",") if word.strip())
+
+
+def parse_associations(text: str) -> tuple[str | None, tuple[Association, ...]]:
+    """The default account and the associations of ``sacctmgr -nP show user U withassoc SACCTMGR_FORMAT``."""
+    default, found = None, []
+    for line in text.splitlines():
+        fields = [field.strip() for field in line.split("|")]
+        if len(fields) != 5 or not fields[1]:
+            continue
+        default = default or fields[0] or None
+        found.append(Association(fields[1], fields[2] or None, _words(fields[4]), fields[3] or None))
+    return default, tuple(found)
+
+
+def with_partition_qos(partitions: Sequence[Partition], text: str) -> tuple[Partition, ...]:
+    """``partitions`` with the QoS rules of ``scontrol -o show partition`` (one line of KEY=VALUE per partition):
+    ``QoS`` (N/A: none), ``AllowQos`` (ALL: any), ``DenyQos``."""
+    rules: dict[str, dict[str, str]] = {}
+    for line in text.splitlines():
+        pairs = dict(word.split("=", 1) for word in line.split() if "=" in word)
+        if pairs.get("PartitionName"):
+            rules[pairs["PartitionName"]] = pairs
+    out = []
+    for part in partitions:
+        rule = rules.get(part.name, {})
+        qos = rule.get("QoS", "N/A")
+        allow = rule.get("AllowQos", "ALL")
+        out.append(dataclasses.replace(part, qos=None if qos in ("N/A", "(null)", "") else qos,
+                                       allow_qos=None if allow in ("ALL", "") else _words(allow),
+                                       deny_qos=_words(rule.get("DenyQos", ""))))
+    return tuple(out)
+
+
 Runner = Callable[[Sequence[str]], "str | None"]
 
 
@@ -164,24 +225,24 @@ def current_user() -> str:
 
 
 def read_slurm_site(run: Runner = run_quietly, user: str | None = None) -> SiteFacts:
-    """Partitions from one ``sinfo`` call, the default account from ``sacctmgr`` (its user record, else the
-    first association); what could not be read becomes a note instead of an error."""
+    """Partitions from one ``sinfo`` call; the default account (the user record's, else the first association's)
+    and the associations from one ``sacctmgr`` call; where that answered (the site has accounting, so QoS is
+    enforced), the partitions' QoS rules from one ``scontrol`` call. What could not be read becomes a note instead
+    of an error; no accounting is no note about QoS: there is none to choose."""
     notes = []
     listing = run(["sinfo", "-h", "-o", SINFO_FORMAT])
     partitions = parse_sinfo(listing) if listing is not None else ()
     if listing is None:
         notes.append("sinfo did not answer: no partitions read (is this a SLURM login node?)")
     user = user or current_user()
-    account = None
-    for argv in (["sacctmgr", "-nP", "show", "user", user, "format=defaultaccount"],
-                 ["sacctmgr", "-nP", "show", "assoc", f"where user={user}", "format=account"]):
-        answer = run(argv)
-        account = next((line.strip() for line in (answer or "").splitlines() if line.strip()), None)
-        if account:
-            break
+    answer = run(["sacctmgr", "-nP", "show", "user", user, "withassoc", SACCTMGR_FORMAT])
+    default, associations = parse_associations(answer or "")
+    account = default or next((assoc.account for assoc in associations), None)
     if account is None and listing is not None:
         notes.append(f"no default account found for {user} (sacctmgr): the spec leaves slurm.account out")
-    return SiteFacts(partitions, account, tuple(notes))
+    if answer is not None and partitions:
+        partitions = with_partition_qos(partitions, run(["scontrol", "-o", "show", "partition"]) or "")
+    return SiteFacts(partitions, account, tuple(notes), associations, answer is not None)
 
 
 def _choose_partition(partitions: Sequence[Partition], time_min: int) -> Partition | None:
@@ -196,14 +257,62 @@ def _choose_partition(partitions: Sequence[Partition], time_min: int) -> Partiti
     return max(usable, key=rank, default=None)
 
 
+def _partition(facts: SiteFacts, name: Any) -> Partition | None:
+    """The partition a spec's ``slurm.partition`` names (of a comma list, the first: SLURM tries it first)."""
+    return next((p for p in facts.partitions if p.name == str(name or "").split(",")[0]), None) if name else None
+
+
+def _association(facts: SiteFacts, account: str | None, partition: Any) -> Association | None:
+    """The association a job of ``account`` (None: the default one) in ``partition`` runs under: the one for that
+    partition, else the account's own."""
+    rows = [assoc for assoc in facts.associations if assoc.account == (account or facts.account)]
+    name = str(partition or "").split(",")[0]
+    return next((a for a in rows if a.partition and a.partition == name), None) or \
+        next((a for a in rows if not a.partition), None)
+
+
+def usable_qos(facts: SiteFacts, account: str | None, partition: str | None) -> tuple[str, ...] | None:
+    """The QoS a job of ``account`` may ask for in ``partition``, as SLURM checks it: its association's list less
+    what the partition does not allow. None when it is not known: no accounting, or an association that lists
+    none (its QoS come from a parent sacctmgr did not show)."""
+    row = _association(facts, account, partition)
+    if not facts.accounting or row is None or not row.qos:
+        return None
+    part = _partition(facts, partition)
+    return tuple(qos for qos in row.qos if part is None or ((part.allow_qos is None or qos in part.allow_qos)
+                                                           and qos not in part.deny_qos))
+
+
+def _choose_qos(facts: SiteFacts, account: str | None, partition: str | None) -> str | None:
+    """The QoS SLURM gives a job that names none (the association's default, else 'normal'), where the partition
+    allows it; else the partition's own QoS, else the first allowed. None: nothing the user may use is known."""
+    allowed = usable_qos(facts, account, partition)
+    row, part = _association(facts, account, partition), _partition(facts, partition)
+    if not allowed or row is None:
+        return None
+    return next((qos for qos in (row.default_qos, part.qos if part else None, "normal") if qos in allowed),
+                allowed[0])
+
+
+def _node_share(group: NodeGroup | None, gpus: int) -> tuple[int | None, int | None]:
+    """CPUs and whole GB of memory for one node of ``group``: a GPU job the node's share for its GPUs (all of it
+    for all its GPUs), a CPU job CPU_JOB_CPUS CPUs and their share of memory; memory less MEM_HEADROOM. None where
+    sinfo did not say (and memory a node reports under 1 GB: RealMemory unset, SLURM does not track it)."""
+    if group is None or not group.cpus:
+        return None, None
+    share = min(gpus / group.gpus, 1.0) if gpus and group.gpus else min(CPU_JOB_CPUS, group.cpus) / group.cpus
+    cpus = max(int(group.cpus * share), gpus, 1)  # at least one CPU per process (procs_per_node follows GPUs)
+    mem_gb = int((group.mem_mb or 0) * share * MEM_HEADROOM / 1024)
+    return cpus, mem_gb or None
+
+
 def propose(facts: SiteFacts, answers: Mapping[str, Any]) -> dict[str, Any]:
-    """Values for ``partition``, ``gpus_per_node``, ``gpu_type``, ``nodes``, ``time_min`` and ``account`` that
-    fit the site, the user's ``answers`` (a key given there, even as None, is kept as given) filled around."""
+    """Values for ``partition``, ``gpus_per_node``, ``gpu_type``, ``nodes``, ``time_min``, ``cpus_per_task``,
+    ``mem_gb``, ``account`` and ``qos`` that fit the site, the user's ``answers`` (a key given there, even as None,
+    is kept as given) filled around."""
     wanted_time = answers.get("time_min") or DESIRED_TIME_MIN
-    by_name = {part.name: part for part in facts.partitions}
     if "partition" in answers:
-        name = answers["partition"]
-        part = by_name.get(str(name).split(",")[0]) if name else None
+        part = _partition(facts, answers["partition"])
     else:
         part = _choose_partition(facts.partitions, wanted_time)
     groups = list(part.groups) if part else []
@@ -214,26 +323,54 @@ def propose(facts: SiteFacts, answers: Mapping[str, Any]) -> dict[str, Any]:
     gpu_type = answers.get("gpu_type", group.gpu_type if group and gpus else None)
     limit = part.time_limit_min if part else None
     time_min = answers.get("time_min") or (min(DESIRED_TIME_MIN, limit) if limit else DESIRED_TIME_MIN)
+    cpus, mem_gb = _node_share(group, gpus or 0)
+    partition = answers.get("partition", part.name if part else None)
+    qos = _choose_qos(facts, answers.get("account", facts.account), partition)
     proposal = {"partition": part.name if part else None, "gpus_per_node": gpus, "gpu_type": gpu_type,
-                "nodes": answers.get("nodes") or 1, "time_min": time_min, "account": facts.account}
+                "nodes": answers.get("nodes") or 1, "time_min": time_min, "cpus_per_task": cpus, "mem_gb": mem_gb,
+                "account": facts.account, "qos": qos}
     proposal.update({key: value for key, value in answers.items() if key in proposal})
     return proposal
 
 
+def _access_misfits(facts: SiteFacts, values: Mapping[str, Any]) -> list[str]:
+    """An account or QoS the user may not use (only where there is accounting to say so)."""
+    if not facts.accounting or not facts.associations:
+        return []
+    found = []
+    accounts = list(dict.fromkeys(assoc.account for assoc in facts.associations))
+    if values.get("account") and values["account"] not in accounts:
+        found.append(f"account {values['account']!r} is not one of yours ({', '.join(accounts)})")
+    allowed = usable_qos(facts, values.get("account"), values.get("partition"))
+    if values.get("qos") and allowed is not None and values["qos"] not in allowed:
+        where = f" in partition {values['partition']}" if values.get("partition") else ""
+        found.append(f"qos {values['qos']!r} is not one account {values.get('account') or facts.account} may use"
+                     f"{where} ({', '.join(allowed) or 'none'})")
+    return found
+
+
 def misfits(facts: SiteFacts, values: Mapping[str, Any]) -> list[str]:
-    """What in ``values`` the site's partition cannot give (said to the user; SLURM would refuse or hold the job)."""
-    part = next((p for p in facts.partitions if p.name == str(values.get("partition") or "").split(",")[0]), None)
+    """What in ``values`` the site cannot give (said to the user; SLURM would refuse or hold the job)."""
+    found = _access_misfits(facts, values)
+    part = _partition(facts, values.get("partition"))
     if part is None:
         known = ", ".join(p.name for p in facts.partitions)
-        return [f"partition {values['partition']!r} is not one sinfo lists ({known})"] \
-            if values.get("partition") and known else []
-    found = []
+        return found + ([f"partition {values['partition']!r} is not one sinfo lists ({known})"]
+                        if values.get("partition") and known else [])
     types = sorted({g.gpu_type for g in part.groups if g.gpu_type})
     if values.get("gpu_type") and values["gpu_type"] not in types:
         found.append(f"partition {part.name} has no GPU type {values['gpu_type']!r} ({', '.join(types) or 'none'})")
     groups = [g for g in part.groups if not values.get("gpu_type") or g.gpu_type == values["gpu_type"]]
     if (values.get("gpus_per_node") or 0) > max((g.gpus for g in groups), default=0):
         found.append(f"partition {part.name} has at most {part.max_gpus} GPU(s) per node")
+    most_cpus = max((g.cpus or 0 for g in groups), default=0)
+    if most_cpus and (values.get("cpus_per_task") or 0) > most_cpus:
+        found.append(f"partition {part.name} has at most {most_cpus} CPU(s) per node (cpus_per_task: "
+                     f"{values['cpus_per_task']})")
+    most_mem = max((g.mem_mb or 0 for g in groups), default=0)
+    if most_mem and (values.get("mem_gb") or 0) * 1024 > most_mem:
+        found.append(f"partition {part.name} has at most {most_mem} MB of memory per node (mem_gb: "
+                     f"{values['mem_gb']} is {values['mem_gb'] * 1024:g} MB)")
     if (values.get("nodes") or 1) > part.nodes:
         found.append(f"partition {part.name} has {part.nodes} node(s)")
     if part.time_limit_min is not None and (values.get("time_min") or 0) > part.time_limit_min:

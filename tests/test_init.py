@@ -20,7 +20,16 @@ from stjobs import init, slurm_site
 from stjobs.cli import main
 from stjobs.slurm_site import NodeGroup, Partition, SiteFacts, parse_gres, parse_sinfo, parse_time_limit, propose
 from tests.conftest import REPO
-from tests.slurm_cluster import ACCOUNT, GPU_TYPE, GPUS_PER_NODE, PARTITION, SITE_HOME, SITE_PYTHON, SITE_USER
+from tests.slurm_cluster import (
+    ACCOUNT,
+    CPUS_PER_NODE,
+    GPU_TYPE,
+    GPUS_PER_NODE,
+    PARTITION,
+    SITE_HOME,
+    SITE_PYTHON,
+    SITE_USER,
+)
 
 # `sinfo -h -o '%P|%a|%l|%D|%G|%c|%m'` as recorded: the test cluster (slurm-wlm 22.05.8, slurm/cluster/up.sh) ...
 TEST_CLUSTER = "short*|up|5:00|2|gpu:v100:2|2|12052\ngpu|up|1:00:00|2|gpu:v100:2|2|12052\n"
@@ -123,13 +132,15 @@ class FakeSlurm:
 
 
 def test_the_site_is_read_with_one_sinfo_and_the_default_account() -> None:
-    run = FakeSlurm({"sinfo": TEST_CLUSTER, "show user": "ml-team\n"})
+    run = FakeSlurm({"sinfo": TEST_CLUSTER, "show user": "ml-team|ml-team|||normal\nml-team|root|||normal\n",
+                     "scontrol": ""})
     site = slurm_site.read_slurm_site(run, user="alice")
     assert [part.name for part in site.partitions] == ["short", "gpu"] and site.account == "ml-team"
     assert run.calls == [["sinfo", "-h", "-o", slurm_site.SINFO_FORMAT],
-                         ["sacctmgr", "-nP", "show", "user", "alice", "format=defaultaccount"]]
+                         ["sacctmgr", "-nP", "show", "user", "alice", "withassoc", slurm_site.SACCTMGR_FORMAT],
+                         ["scontrol", "-o", "show", "partition"]]
     # no default account on the user record: the first association's
-    assert slurm_site.read_slurm_site(FakeSlurm({"sinfo": "", "show user": "\n", "assoc": "proj-1\nproj-2\n"}),
+    assert slurm_site.read_slurm_site(FakeSlurm({"sinfo": "", "show user": "|proj-1|||\n|proj-2|||\n"}),
                                       user="bob").account == "proj-1"
     quiet = slurm_site.read_slurm_site(FakeSlurm({}), user="carol")
     assert quiet.partitions == () and quiet.account is None and "sinfo did not answer" in quiet.notes[0]
@@ -177,19 +188,23 @@ class Terminal(io.StringIO):
 @pytest.mark.usefixtures("site")
 def test_on_a_terminal_each_value_is_asked_with_the_proposal(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                              capsys: pytest.CaptureFixture[str]) -> None:
-    # partition, GPUs per node, GPU type, nodes (a wrong answer first), time, account, name, model, data
-    monkeypatch.setattr(sys, "stdin", Terminal("short\n\n\ntwo\n2\n\nnone\nmy-job\n\n\n"))
+    # partition, GPUs per node, GPU type, nodes (a wrong answer first), time, CPUs, memory (a wrong answer first),
+    # account, name, model, data; no QoS question: the recorded site has no accounting
+    monkeypatch.setattr(sys, "stdin", Terminal("short\n\n\ntwo\n2\n\n\nlots\n7.5\nnone\nmy-job\n\n\n"))
     out = tmp_path / "stjobs.yaml"
     assert main(["init", "-b", "slurm", "-o", str(out)]) == 0
     shown = capsys.readouterr().out
-    assert "short (default): up, limit 5 min, 2 node(s), 2 x v100 per node" in shown
+    assert "short (default): up, limit 5 min, 2 node(s) of 2 x v100, 2 CPUs, 12052 MB\n" in shown
     for prompt in ("Partition [gpu]: ", "GPUs per node [2]: ", "GPU type (as the site's GRES names it) [v100]: ",
-                   "'two' is not a whole number", "Time limit in minutes [5]: ", "Account [ml-team]: ",
+                   "'two' is not a whole number", "Time limit in minutes [5]: ",
+                   "CPUs per node (for all its processes) [2]: ", "Memory per node in GB [10]: ",
+                   "'lots' is not a number", "Account [ml-team]: ",
                    f"Job name [{init.job_name(tmp_path)}]: ", f"Model (a name or directory) [{init.DEFAULT_MODEL}]: "):
         assert prompt in shown
+    assert "QoS" not in shown
     spec = stjobs.load_spec(out)
-    assert (spec.name, spec.slurm.partition, spec.slurm.account, spec.nodes, spec.time_min, spec.gpu_type) == \
-        ("my-job", "short", None, 2, 5, "v100")
+    assert (spec.name, spec.slurm.partition, spec.slurm.account, spec.nodes, spec.time_min, spec.gpu_type,
+            spec.cpus_per_task, spec.mem_gb, spec.slurm.qos) == ("my-job", "short", None, 2, 5, "v100", 2, 7.5, None)
 
 
 def test_a_terminal_that_ends_takes_the_defaults_and_yes_asks_nothing(tmp_path: Path,
@@ -252,10 +267,14 @@ def test_the_test_clusters_site_is_read_from_slurm(tmp_path: Path) -> None:
     from tests.slurm_cluster import ensure_cluster
 
     ensure_cluster()
+    site = slurm_site.read_slurm_site()
+    (node,) = {group for part in site.partitions for group in part.groups}
+    # the whole node for its two GPUs: both CPUs, 90% of its memory in whole GB; QoS normal, the only one allowed
     expected = {"partition": PARTITION, "gpu_type": GPU_TYPE, "gpus_per_node": GPUS_PER_NODE, "account": ACCOUNT,
-                "time_min": 60}
-    proposal = propose(slurm_site.read_slurm_site(), {})
-    assert {key: proposal[key] for key in expected} == expected
+                "time_min": 60, "qos": "normal", "cpus_per_task": CPUS_PER_NODE,
+                "mem_gb": int(node.mem_mb * 0.9 / 1024)}
+    proposal = propose(site, {})
+    assert {key: proposal[key] for key in expected} == expected and node.cpus == CPUS_PER_NODE
     # as the site's user would run it, from their venv (not activated) in their home
     if not SITE_PYTHON.exists():
         pytest.fail(f"{SITE_PYTHON} missing: slurm/cluster/up.sh makes it (STJOBS_PROJECT_SITE_PACKAGES)")
@@ -268,6 +287,7 @@ def test_the_test_clusters_site_is_read_from_slurm(tmp_path: Path) -> None:
                           cwd=project, capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
     assert done.returncode == 0, done.stderr
     spec = stjobs.load_spec(project / "stjobs.yaml")
-    assert (spec.slurm.partition, spec.gpu_type, spec.gpus_per_node, spec.slurm.account, spec.entrypoint.script) \
-        == (PARTITION, GPU_TYPE, GPUS_PER_NODE, ACCOUNT, "train.py")
+    assert (spec.slurm.partition, spec.gpu_type, spec.gpus_per_node, spec.slurm.account, spec.entrypoint.script,
+            spec.slurm.qos, spec.cpus_per_task, spec.mem_gb) \
+        == (PARTITION, GPU_TYPE, GPUS_PER_NODE, ACCOUNT, "train.py", "normal", CPUS_PER_NODE, expected["mem_gb"])
     assert os.stat(project / "stjobs.yaml").st_uid == os.stat(project).st_uid  # the user's own file
