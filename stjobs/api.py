@@ -8,21 +8,20 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from stjobs import gpus, images
+from stjobs import images
 from stjobs.backends import backend_module
 from stjobs.defaults import note as defaults_note
-from stjobs.errors import InputError, SpecError, StjobsError, UsageError
-from stjobs.launch import fsdp_note, option_value
+from stjobs.errors import InputError, StjobsError, UsageError
+from stjobs.launch import fsdp_note
+from stjobs.notes import batch_note, gpu_note
 from stjobs.plan import no_world_write, write_plan
-from stjobs.spec import Strategy
-from stjobs.train.args import DEFAULT_PER_DEVICE_BATCH_SIZE, TrainConfigError, batch_options, data_sources
-from stjobs.train.losses import IN_BATCH_NEGATIVE_LOSSES, canonical_loss
 
 if TYPE_CHECKING:
     from stjobs.jobs import Cleaned, JobRecord, JobStatus, State
     from stjobs.plan import Plan
     from stjobs.progress import Progress
     from stjobs.spec import JobSpec
+    from stjobs.sweep_jobs import Result
 
 
 def render(spec: JobSpec, backend: str = "local", k8s_schemas: str | Path | None = None) -> Plan:
@@ -30,82 +29,15 @@ def render(spec: JobSpec, backend: str = "local", k8s_schemas: str | Path | None
 
     ``k8s_schemas``: a directory with the Kubeflow CRD files; the k8s backend then checks its manifest strictly
     against them (without it the plan notes that the check was skipped); the others refuse it."""
+    if spec.sweep.enabled:
+        from stjobs.sweep import expand
+
+        points = expand(spec)
+        return backend_module(backend).render_sweep(spec, points, [render(point.spec, backend, k8s_schemas)
+                                                                   for point in points])
     plan = backend_module(backend).render(spec, Path(k8s_schemas) if k8s_schemas is not None else None)
     notes = [note for note in (batch_note(spec), gpu_note(spec), fsdp_note(spec), defaults_note(spec)) if note]
     return replace(plan, notes=(*plan.notes, *notes)) if notes else plan
-
-
-def gpu_note(spec: JobSpec) -> str | None:
-    """What the spec's GPU type decides (stjobs.gpus), said before the job queues: the built-in training's
-    precision and the CUDA build of torch its image gets. An explicit --precision the GPU cannot do is refused."""
-    if not spec.gpus_per_node:
-        return None
-    capability = gpus.capability_of(spec.gpu_type)
-    build = gpus.build_for(capability)
-    if capability is None:
-        known = f"gpu_type {spec.gpu_type} is not in stjobs' table" if spec.gpu_type else "no gpu_type"
-        return (f"gpu: {known}: precision follows the device at run time (bf16 from compute capability 8.0, fp16 "
-                f"below); the default image is torch's CUDA {build.cuda} build (Turing to Blackwell; a V100 needs "
-                "gpu_type: v100)")
-    said = f"gpu: {spec.gpu_type} is {gpus.describe(capability)}"
-    if spec.entrypoint.module == "stjobs.train":
-        requested = option_value(spec.entrypoint.args, "--precision") or "auto"
-        try:
-            precision = gpus.resolve_precision(requested, capability)
-        except ValueError:
-            raise SpecError("entrypoint.args", f"--precision {requested}", f"fp16, fp32 or auto for gpu_type "
-                            f"{spec.gpu_type} ({gpus.describe(capability)}): bf16 is native from compute "
-                            "capability 8.0, emulated and slow below it") from None
-        said += f": training in {precision}" + (" (bf16 needs compute capability 8.0)" if precision == "fp16"
-                                                 and requested == "auto" else "")
-    return f"{said}; image torch build CUDA {build.cuda}"
-
-
-def batch_note(spec: JobSpec) -> str | None:
-    """For the built-in training: the batch per device and per step, stated once where the user reads the plan; a
-    --global-batch-size that the devices cannot share evenly is refused here, before anything is written."""
-    args = spec.entrypoint.args
-    options = batch_options(args) if spec.entrypoint.module == "stjobs.train" else None
-    if options is None:
-        return None
-    # DataParallel: one process, and the Trainer puts a per-device batch on each of the node's GPUs.
-    devices = max(spec.gpus_per_node, 1) if spec.strategy is Strategy.dp else spec.world_size
-    unit = "GPU(s), one process" if spec.strategy is Strategy.dp else "process(es)"
-    if options.global_batch_size is not None:
-        total = options.global_batch_size
-        if total % devices:
-            below, above = total // devices * devices, (total // devices + 1) * devices
-            nearest = f"{below} or {above}" if below else str(above)
-            raise SpecError("entrypoint.args", f"--global-batch-size {total}",
-                            f"a multiple of the {devices} {unit.split(',')[0]} that share it (each takes an equal "
-                            f"share), e.g. {nearest}")
-        per = total // devices
-    else:
-        per = options.per_device_batch_size or DEFAULT_PER_DEVICE_BATCH_SIZE
-        total = per * devices
-    gather = in_batch_note(tuple(args), total) if spec.world_size > 1 and options.gather_across_devices else ""
-    return f"batch: {per} per device x {devices} {unit} = {total} per step{gather}"
-
-
-def in_batch_note(args: tuple[str, ...], total: int) -> str:
-    """What the step's rows are to the loss, true for the losses the command names: only losses with in-batch
-    negatives gather every process's rows (gather_across_devices). Without a loss in the command the data's kind
-    decides it at run time, which a pure render does not read, so the note says which kinds that is."""
-    try:
-        sources = data_sources(args, "--train-data")
-    except TrainConfigError:
-        return ""  # the training reports the bad value itself, in one line
-    default = canonical_loss(option_value(args, "--loss") or "")
-    losses = [(source.name, source.loss or default) for source in sources] or [(None, default)]
-    if any(loss is None for _, loss in losses):
-        return (f"; losses with in-batch negatives (the default for pairs and triplets data) see all {total} "
-                "rows; the others score each row alone")
-    gathering = [(name, loss) for name, loss in losses if loss in IN_BATCH_NEGATIVE_LOSSES]
-    if len(losses) == 1:
-        return f"; {gathering[0][1]} sees all {total} rows as in-batch negatives" if gathering else ""
-    # Several datasets: each step's batch comes from one of them, so a gathering loss sees that step's rows.
-    return "".join(f"; {name}'s {loss} sees all {total} rows of its steps as in-batch negatives"
-                   for name, loss in gathering)
 
 
 def render_job(spec: JobSpec, backend: str = "local", k8s_schemas: str | Path | None = None) -> Plan:
@@ -154,6 +86,10 @@ def submit(spec: JobSpec, backend: str = "local", k8s_schemas: str | Path | None
         options.update(after=waits, if_dependency_fails=if_dependency_fails)
     with no_world_write():
         prepare_jobs_root()
+        if plan.points:
+            from stjobs import sweep_jobs
+
+            return sweep_jobs.submit(plan, module.submit_sweep, status, **options)
         return name_outputs(module.submit(plan, **options), plan.spec.output_dir, plan.spec.workdir_path)
 
 
@@ -169,13 +105,22 @@ def status(job_id: str | None = None, states: Collection[State] = (), backends: 
     wanted = set(backends)
     records = [record for record in ([load_record(job_id)] if job_id else list_records())
                if (not wanted or {record.backend} & wanted) and (name is None or fnmatch(record.name, name))]
+    from stjobs.sweep_jobs import with_sweeps
+
+    # A sweep is one line (its points asked for with every other job); asked for by its id, its points follow.
+    rows = with_sweeps(records, _query, expand_points=job_id is not None)
+    return [row for row in rows if not states or row.state in states]
+
+
+def _query(records: list[JobRecord]) -> list[JobStatus]:
+    """Every record's status, each backend's jobs asked for together."""
     groups: dict[str, list[int]] = {}
     for index, record in enumerate(records):
         groups.setdefault(record.backend, []).append(index)
     found: dict[int, JobStatus] = {}
     for backend, indices in groups.items():
         found.update(zip(indices, _statuses_of(backend, [records[index] for index in indices]), strict=True))
-    return [found[index] for index in range(len(records)) if not states or found[index].state in states]
+    return [found[index] for index in range(len(records))]
 
 
 def status_rows(job_id: str | None = None, states: Collection[State] = (), backends: Collection[str] = (),
@@ -191,8 +136,9 @@ def progress(job: JobStatus) -> Progress | None:
     through the backend's ``output_tail``, one call, and an error there leaves the progress unknown."""
     from stjobs.jobs import State
     from stjobs.progress import TAIL_BYTES, read_progress, remote_progress
+    from stjobs.sweep_jobs import is_sweep
 
-    if job.state in (State.PENDING, State.UNKNOWN):
+    if job.state in (State.PENDING, State.UNKNOWN) or is_sweep(job.record):  # a sweep: its points' lines say
         return None
     record = job.record
     module = backend_module(record.backend)
@@ -232,8 +178,12 @@ def logs(job_id: str, follow: bool = False, rank: int | None = None) -> Iterator
 
 def _record_with_rank(job_id: str, rank: int | None) -> JobRecord:
     from stjobs.jobs import load_record
+    from stjobs.sweep_jobs import is_sweep, point_id
 
     record = load_record(job_id)
+    if is_sweep(record):
+        raise UsageError(f"job: {record.job_id} is a sweep, whose points have the output; expected one of its "
+                         f"points, e.g. {point_id(record.job_id, 0)} (stjobs status {record.job_id} lists them)")
     if rank is None:
         return record
     ranks = record.nodes * record.procs_per_node  # an elastic job's most; DataParallel is one process a node
@@ -282,11 +232,27 @@ def plot(job_id: str | None = None, path: str | Path | None = None) -> Path:
     job's directory. Returns the path written."""
     from stjobs.jobs import load_record
     from stjobs.plot import write_png
+    from stjobs.sweep_jobs import is_sweep
 
     record = load_record(job_id if job_id is not None else newest_job())
     job_id = record.job_id
     target = Path(path) if path is not None else Path(record.job_dir) / "plot.png"
+    if is_sweep(record):
+        from stjobs.plot import write_sweep_png
+
+        return write_sweep_png({row.job_id: (row.label, events(row.job_id)) for row in sweep_results(job_id)},
+                               target, job_id)
     return write_png(events(job_id), target, record.job_id)
+
+
+def sweep_results(job_id: str) -> list[Result]:
+    """A sweep's points with their final evaluation score and loss (from their events), best first."""
+    from stjobs import sweep_jobs
+
+    rows = status(job_id)
+    if not sweep_jobs.is_sweep(rows[0].record):
+        raise UsageError(f"job: {rows[0].record.job_id} is not a sweep; expected a sweep's id")
+    return sweep_jobs.results(rows[0].record, rows[1:], events)
 
 
 def strategy_warning(job_id: str) -> str | None:
@@ -308,10 +274,17 @@ def strategy_warning(job_id: str) -> str | None:
 
 
 def cancel(job_id: str) -> JobStatus:
+    """Cancel the job (a sweep: each of its points that has not ended) and wait until it stopped."""
     from stjobs.jobs import load_record
+    from stjobs.sweep_jobs import is_sweep, point_records, summary
 
     record = load_record(job_id)
-    return backend_module(record.backend).cancel(record)
+    module = backend_module(record.backend)
+    if not is_sweep(record):
+        return module.cancel(record)
+    points = [module.cancel(point) if not now.state.finished else now
+              for point, now in zip(point_records(record), status(job_id)[1:], strict=False)]
+    return summary(record, points)
 
 
 def clean(older_than_days: float | None = None, outputs: bool = False, dry_run: bool = False) -> list[Cleaned]:
@@ -336,9 +309,13 @@ def wait(job_id: str, timeout_s: float | None = None, poll_s: float = 1.0) -> Jo
     """Block until the job has finished (or ``timeout_s`` passed) and return its last status."""
     from stjobs.jobs import load_record, wait_until_finished
 
+    from stjobs.sweep_jobs import is_sweep
+
     record = load_record(job_id)
     module = backend_module(record.backend)
-    final = wait_until_finished(lambda: module.status(record), math.inf if timeout_s is None else timeout_s, poll_s)
+    # A sweep has no job of its own to ask for: its line sums its points'.
+    poll = (lambda: status(record.job_id)[0]) if is_sweep(record) else (lambda: module.status(record))
+    final = wait_until_finished(poll, math.inf if timeout_s is None else timeout_s, poll_s)
     if not final.state.finished:
         raise StjobsError(f"wait: job {record.job_id} still {final.state.value} after {timeout_s} s")
     return final

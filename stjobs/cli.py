@@ -69,15 +69,11 @@ def explained(args: argparse.Namespace) -> str:
 
 
 def cmd_render(args: argparse.Namespace) -> int:
-    if args.dry_run and args.output is not None:
-        raise UsageFailure(f"--dry-run: got -o {args.output!r} as well; expected one of them: --dry-run prints the "
-                           "plan and writes nothing, -o DIR writes the files")
-    if args.dry_run and args.force:
-        raise UsageFailure("--force: got --force with --dry-run; expected -o DIR (--force replaces an output "
-                           "directory, and --dry-run writes none)")
-    if args.output is None and not args.dry_run and not args.explain:
-        raise UsageFailure("--output: got nothing; expected -o DIR to write the files, or --dry-run to only print "
-                           "the plan")
+    from stjobs.cliparse import render_refusal
+
+    refusal = render_refusal(args)
+    if refusal:
+        raise UsageFailure(refusal)
     spec = spec_from(args)
     if args.dry_run:
         print(api.render_job(spec, args.backend, k8s_schemas(args)).describe(), end="")
@@ -96,9 +92,14 @@ def cmd_submit(args: argparse.Namespace) -> int:
                            "(--sbatch submits with plain sbatch)")
     record = api.submit(spec_from(args), args.backend, k8s_schemas(args), after=args.after,
                         if_dependency_fails=args.if_dependency_fails, **options)
+    from stjobs.sweep_jobs import results_table, submitted_line
+
     print(f"submitted {record.job_id} ({args.backend}, {record.nodes} node(s) x {record.procs_per_node} "
           f"process(es)); files in {record.job_dir}", flush=True)
-    if args.follow:
+    sweep = submitted_line(record)  # a sweep: its points, and which ran before; followed as its states
+    if sweep:
+        print(sweep, flush=True)
+    if args.follow and not sweep:
         from stjobs import console
 
         console.show(record.job_id, api.logs(record.job_id, follow=True),
@@ -107,6 +108,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
         return 0
     final = api.wait(record.job_id)
     print(f"{record.job_id}: {final.state.value}" + (f" ({final.reason})" if final.reason else ""))
+    print(results_table(api.sweep_results(record.job_id)) if sweep else "", end="")
     _warn_strategy(record.job_id)
     return 0 if final.state.value == "COMPLETED" else (final.exit_code or 1)
 
@@ -119,13 +121,11 @@ def _warn_strategy(job_id: str) -> None:
 
 def cmd_status(args: argparse.Namespace) -> int:
     from stjobs import statustable
+    from stjobs.cliparse import status_refusal
 
-    if args.plot is not None and (not args.job_id or args.watch is not None):
-        raise UsageFailure(f"--plot: got --plot without {'a JOB' if not args.job_id else 'leaving out --watch'}; "
-                           f"expected stjobs status JOB --plot [FILE.png] (or stjobs plot JOB)")
-    if args.watch is not None and args.json:
-        raise UsageFailure(f"--watch: got --watch with --json; expected one of them (--json prints each job once, "
-                           f"for scripts: run it every {args.watch:g} s yourself)")
+    refusal = status_refusal(args)
+    if refusal:
+        raise UsageFailure(refusal)
     query = functools.partial(api.status_rows, args.job_id, args.state, args.backend, args.name)
     if args.watch is not None:
         return statustable.watch(query, args.watch)
@@ -135,7 +135,11 @@ def cmd_status(args: argparse.Namespace) -> int:
             print(json.dumps(statustable.as_json(row)))
         return 0
     print(statustable.table(rows, width=statustable.terminal_width(sys.stdout)), end="")
-    if args.job_id:
+    if args.job_id and len(rows) > 1:  # a sweep and its points: their results, best first
+        from stjobs.sweep_jobs import results_table
+
+        print("\n" + results_table(api.sweep_results(args.job_id)), end="")
+    elif args.job_id:
         _warn_strategy(args.job_id)
     if args.plot is not None:
         print(f"wrote {api.plot(args.job_id, args.plot or None)}")

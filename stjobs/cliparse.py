@@ -198,3 +198,27 @@ def after_arguments(submit: argparse.ArgumentParser) -> None:
 
 def _dependency(kind: str) -> Callable[[str], tuple[str, str]]:
     return lambda job: (kind, job)
+
+
+def status_refusal(args: argparse.Namespace) -> str | None:
+    """What ``stjobs status`` refuses in its flags, as one line; None when they go together."""
+    if args.plot is not None and (not args.job_id or args.watch is not None):
+        return (f"--plot: got --plot without {'a JOB' if not args.job_id else 'leaving out --watch'}; expected "
+                "stjobs status JOB --plot [FILE.png] (or stjobs plot JOB)")
+    if args.watch is not None and args.json:
+        return (f"--watch: got --watch with --json; expected one of them (--json prints each job once, for "
+                f"scripts: run it every {args.watch:g} s yourself)")
+    return None
+
+
+def render_refusal(args: argparse.Namespace) -> str | None:
+    """What ``stjobs render`` refuses in its flags, as one line; None when they go together."""
+    if args.dry_run and args.output is not None:
+        return (f"--dry-run: got -o {args.output!r} as well; expected one of them: --dry-run prints the plan and "
+                "writes nothing, -o DIR writes the files")
+    if args.dry_run and args.force:
+        return ("--force: got --force with --dry-run; expected -o DIR (--force replaces an output directory, and "
+                "--dry-run writes none)")
+    if args.output is None and not args.dry_run and not args.explain:
+        return "--output: got nothing; expected -o DIR to write the files, or --dry-run to only print the plan"
+    return None

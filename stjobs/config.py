@@ -107,11 +107,11 @@ def _layered(path: str | Path | None, overrides: Iterable[Override], sets: Seque
         origins.merge(data, read_spec_file(path), f"spec: {path}")
     flags = {field: flag for flag, field, _ in SPEC_FLAGS}
     for key, value in overrides:
-        _assign(data, key, value)
+        assign(data, key, value)
         origins.replaced(tuple(key.split(".")), value, f"flag: {flags[key]}" if key in flags else "override")
     for item in sets:
         key, value = parse_set(item)
-        _assign(data, key, value)
+        assign(data, key, value)
         origins.replaced(tuple(key.split(".")), value, "--set")
     site = os.environ.get(TEMPLATES_ENV)
     if data.get("templates") is None and site:
@@ -179,7 +179,7 @@ def validate_spec(data: Mapping[str, Any]) -> JobSpec:
     return parse_spec(dict(data))
 
 
-def _assign(data: dict[str, Any], dotted: str, value: Any) -> None:
+def assign(data: dict[str, Any], dotted: str, value: Any) -> None:
     parts = dotted.split(".")
     node = data
     for depth, part in enumerate(parts[:-1]):

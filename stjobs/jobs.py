@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, replace
@@ -97,6 +98,10 @@ def new_job_id(name: str) -> str:
 def load_record(job_id: str) -> JobRecord:
     _check_home()
     path = jobs_root() / job_id / "job.json"
+    point = re.fullmatch(r"(.+)-p(\d+)", job_id)
+    if not path.is_file() and point:  # a sweep's point: in the sweep's directory (stjobs.sweep_jobs)
+        inside = jobs_root() / point[1] / "points" / point[2] / "job.json"
+        path = inside if inside.is_file() else path
     if not path.is_file():
         matches = sorted(p.name for p in jobs_root().glob(f"{job_id}*") if (p / "job.json").is_file())
         if len(matches) == 1:

@@ -329,7 +329,7 @@ def accelerate_precision(spec: JobSpec) -> str:
     try:
         precision = gpus.resolve_precision(requested, capability)
     except ValueError:
-        return "no"  # bf16 on a pre-Ampere type: api.gpu_note refuses the spec in one line right after
+        return "no"  # bf16 on a pre-Ampere type: stjobs.notes.gpu_note refuses the spec in one line right after
     return {"bf16": "bf16", "fp16": "fp16"}.get(precision, "no")
 
 

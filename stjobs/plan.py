@@ -33,6 +33,8 @@ class Plan:
     launch: LaunchPlan | None  # None for a plan that launches nothing (the image build files)
     spec: JobSpec
     notes: tuple[str, ...] = ()
+    # A sweep's: each point's own plan (its spec, launch and files, which also appear under points/<index>/).
+    points: tuple[Plan, ...] = ()
 
     def file(self, path: str) -> RenderedFile:
         for item in self.files:
@@ -43,10 +45,17 @@ class Plan:
     def describe(self, out_dir: str | None = None) -> str:
         where = f" -> {out_dir}" if out_dir else ""
         lines = [f"backend: {self.backend}", f"job: {self.job_name}{where}", "files:"]
-        for item in self.files:
+        shown = [item for item in self.files if not (self.points and item.path.startswith("points/"))]
+        if self.points:
+            each = ", ".join(item.path for item in self.points[0].files)
+            lines.append(f"  points/0 .. points/{len(self.points) - 1}/  {len(self.points)} point(s), each: {each}")
+        for item in shown:
             mode = " (executable)" if item.executable else ""
             site = f" from site template {item.site_template}" if item.site_template else ""
             lines.append(f"  {item.path}  {len(item.content.encode())} bytes{mode}{site}")
+        if self.launch is None and self.points:
+            lines.append("launch (point 0, on each node; `stjobs render -o DIR` writes every point's):")
+            lines.append(f"  {shell_line(self.points[0].launch.argv)}" if self.points[0].launch else "  -")
         if self.launch is not None:
             lines.append("launch (on each node):")
             lines.append(f"  {shell_line(self.launch.argv)}")

@@ -98,15 +98,7 @@ def series(events: list[dict[str, Any]]) -> RunSeries:
 
 def figure(run: RunSeries, title: str) -> Figure:
     """The 2 x 2 panels of ``run``; the caller saves and closes it."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")  # files only: no display on a login node or in CI
-        from matplotlib.figure import Figure
-    except ImportError:
-        raise StjobsError("plot: the PNG needs matplotlib; pip install 'stjobs[bench]'") from None
-    # A bare Figure, not pyplot: nothing global to leak between plots in one process (the API, the tests).
-    fig = Figure(figsize=(11, 7.5))
+    fig = _new_figure((11, 7.5))
     grid = fig.subplots(2, 2)
     loss_axes, lr_axes, rate_axes, eval_axes = (grid[0][0], grid[0][1], grid[1][0], grid[1][1])
     for axes, name in zip((loss_axes, lr_axes, rate_axes, eval_axes), TITLES, strict=True):
@@ -151,6 +143,18 @@ def figure(run: RunSeries, title: str) -> Figure:
     return fig
 
 
+def _new_figure(size: tuple[float, float]) -> Figure:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")  # files only: no display on a login node or in CI
+        from matplotlib.figure import Figure
+    except ImportError:
+        raise StjobsError("plot: the PNG needs matplotlib; pip install 'stjobs[bench]'") from None
+    # A bare Figure, not pyplot: nothing global to leak between plots in one process (the API, the tests).
+    return Figure(figsize=size)
+
+
 def _line(axes: Axes, points: list[tuple[int, float]], label: str, **style: Any) -> None:
     if points:
         axes.plot([step for step, _ in points], [value for _, value in points], label=label, **style)
@@ -166,5 +170,46 @@ def write_png(events: list[dict[str, Any]], path: Path, title: str) -> Path:
     fig = figure(run, title)
     path.parent.mkdir(parents=True, exist_ok=True)
     # No Software/date entries: the same events give the same bytes, so a committed PNG only changes with its run.
+    fig.savefig(path, dpi=100, metadata={"Software": None})
+    return path
+
+
+def sweep_figure(runs: dict[str, tuple[str, RunSeries]], title: str) -> Figure:
+    """A sweep's points side by side: each point's training loss, and each point's evaluation scores, over steps
+    (one line per point, labelled with its values)."""
+    fig = _new_figure((12, 5))
+    loss_axes, eval_axes = fig.subplots(1, 2)
+    for axes, name in ((loss_axes, LOSS_TITLE), (eval_axes, EVAL_TITLE)):
+        axes.set_title(name, fontsize=10)
+        axes.set_xlabel("step")
+        axes.grid(True, color="#eeeeee", linewidth=0.6)
+    metrics = set()
+    for job_id, (label, run) in runs.items():
+        name = f"{job_id.rsplit('-', 1)[-1]}: {label}" if label else job_id
+        _line(loss_axes, run.loss, name, linewidth=1.2)
+        _line(eval_axes, [(step, score) for step, score, _ in run.scores], name, marker="o", linewidth=1.0)
+        if run.metric:
+            metrics.add(run.metric)
+    if len(metrics) == 1:
+        eval_axes.set_ylabel(metrics.pop(), fontsize=8)
+    for axes, has in ((loss_axes, any(run.loss for _, run in runs.values())),
+                      (eval_axes, any(run.scores for _, run in runs.values()))):
+        if has:
+            axes.legend(fontsize=7, loc="best")
+        else:
+            axes.text(0.5, 0.5, "no events", ha="center", va="center", transform=axes.transAxes, color="#999999")
+    fig.suptitle(f"{title}: {len(runs)} point(s)", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def write_sweep_png(points: dict[str, tuple[str, list[dict[str, Any]]]], path: Path, title: str) -> Path:
+    """A sweep's picture from each point's events (``points``: job id -> (label, events)); refused while no point
+    has logged a loss or an evaluation."""
+    runs = {job_id: (label, series(events)) for job_id, (label, events) in points.items()}
+    if all(run.empty() for _, run in runs.values()):
+        raise UsageError(f"plot: {title}: no point has loss or eval events yet")
+    fig = sweep_figure(runs, title)
+    path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100, metadata={"Software": None})
     return path

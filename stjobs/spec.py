@@ -43,6 +43,7 @@ from stjobs.spec_slurm import SLURM_NAME as SLURM_NAME
 from stjobs.spec_slurm import Container as Container
 from stjobs.spec_slurm import GpuRequest as GpuRequest
 from stjobs.spec_slurm import SlurmOptions
+from stjobs.spec_sweep import SweepOptions
 
 NAME_PATTERN = r"[a-z]([a-z0-9-]{0,40}[a-z0-9])?"
 ENV_NAME_PATTERN = r"[A-Za-z_][A-Za-z0-9_]*"
@@ -248,6 +249,8 @@ class JobSpec:
                                                                         "max_mb")
     slurm: SlurmOptions = spec_field(Nested(SlurmOptions), doc="SLURM options")
     k8s: K8sOptions = spec_field(Nested(K8sOptions), doc="Kubernetes options")
+    sweep: SweepOptions = spec_field(Nested(SweepOptions), doc="grid, points, max_running: one job per point "
+                                                                "(stjobs.sweep); on SLURM one job array")
     templates: str | None = spec_field(Nullable(Text("a directory of template overrides, relative to the spec "
                                                      "file (files named like stjobs' templates replace them)")),
                                        None)
@@ -356,6 +359,8 @@ class JobSpec:
 
     def to_data(self) -> dict[str, Any]:
         data: dict[str, Any] = to_data(self)
+        if not self.sweep.enabled:
+            del data["sweep"]  # a job of one point says nothing of sweeps (its stjobs.yaml stays as it was)
         return data
 
     @staticmethod

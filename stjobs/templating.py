@@ -66,6 +66,7 @@ TEMPLATES: dict[str, TemplateDoc] = {
         "no preemption handling)", "max_requeues": "`slurm.max_requeues`", "out_of_requeues_exit": "the exit "
         "status once requeues are spent (75)", "srun": "the srun argv (use the `argv` filter)",
         "exit_record": "the exit record's file name in the job directory (holds `${SLURM_JOB_ID}`)",
+        "points_dir": "a sweep's job array: the directory of the points (task N runs points/N/); None otherwise",
     }),
     "Dockerfile.j2": TemplateDoc("`images/Dockerfile.gpu` and `images/Dockerfile.cpu`", _IMAGE_VARIABLES),
     "apptainer.def.j2": TemplateDoc("`images/apptainer.def`", _IMAGE_VARIABLES),

@@ -99,7 +99,8 @@ def test_the_cli_refuses_a_job_without_events(tmp_path: Path, monkeypatch: pytes
     from stjobs.cli import main
 
     monkeypatch.setattr(api, "logs", lambda job_id, follow=False, rank=None: iter(["starting\n"]))
-    monkeypatch.setattr("stjobs.jobs.load_record", lambda job_id: SimpleNamespace(job_id=job_id, job_dir=str(tmp_path)))
+    monkeypatch.setattr("stjobs.jobs.load_record",
+                        lambda job_id: SimpleNamespace(job_id=job_id, job_dir=str(tmp_path), details={}))
     assert main(["plot", "job-4"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("stjobs: error: plot: job-4: no loss or eval events") and "\n" not in err

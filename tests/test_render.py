@@ -75,7 +75,7 @@ def test_golden_files(backend: str, spec_path: Path) -> None:
 
 @pytest.mark.parametrize("backend,spec_path", golden_cases(("local", "slurm")), ids=lambda v: getattr(v, "stem", v))
 def test_rendered_shell_parses(backend: str, spec_path: Path) -> None:
-    scripts = [p for p in (GOLDEN_ROOTS[backend] / spec_path.stem).iterdir() if p.suffix in (".sh", ".sbatch")]
+    scripts = [p for p in (GOLDEN_ROOTS[backend] / spec_path.stem).rglob("*") if p.suffix in (".sh", ".sbatch")]
     assert scripts
     for path in scripts:
         subprocess.run(["bash", "-n", str(path)], check=True)

@@ -1,13 +1,15 @@
 """The closed table of backends. Each is a package whose ``__init__`` offers the same functions:
 
-``render(spec, k8s_schemas) -> Plan`` (pure), ``uses_image(spec)`` (whether the job runs in the spec's image, so
-its build files come with the render), ``check(plan, ...)`` (what must hold on this machine before anything is
-written), ``submit(plan, ...) -> JobRecord`` (side effects), and for job control ``status(record)``,
-``statuses(records)`` (a listing: many jobs in one query of the scheduler, never one per job),
-``logs(record, follow, rank)``, ``cancel(record)``, ``output_file(record)`` (the file on this machine that holds
-rank 0's output, whose tail ``stjobs status`` reads the job's progress from; None where there is none) and
-``output_tail(record, limit_bytes)`` (about the last ``limit_bytes`` of rank 0's output as text, from a line's
-start, wherever it lives: a file's tail, or a pod log's read with one call; "" without output, None when unknown).
+``render(spec, k8s_schemas) -> Plan`` (pure), ``render_sweep(spec, points, plans) -> Plan`` (a sweep's points, each
+rendered by ``render``, as one plan: a SLURM job array, one Kubeflow object per point, local jobs), ``uses_image(spec)``
+(whether the job runs in the spec's image, so its build files come with the render), ``check(plan, ...)`` (what must
+hold on this machine before anything is written), ``submit(plan, ...) -> JobRecord`` (side effects),
+``submit_sweep(plan, sweeping, ...)`` (a sweep's points), and for job control ``status(record)``, ``statuses(records)``
+(a listing: many jobs in one query of the scheduler, never one per job), ``logs(record, follow, rank)``,
+``cancel(record)``, ``output_file(record)`` (the file on this machine that holds rank 0's output, whose tail ``stjobs
+status`` reads the job's progress from; None where there is none) and ``output_tail(record, limit_bytes)`` (about the
+last ``limit_bytes`` of rank 0's output as text, from a line's start, wherever it lives: a file's tail, or a pod log's
+read with one call; "" without output, None when unknown).
 Packages are imported on first use, so rendering for one backend never imports another backend's client library;
 what several backends share is in ``common``.
 """
@@ -26,6 +28,8 @@ if TYPE_CHECKING:
     from stjobs.jobs import JobRecord, JobStatus
     from stjobs.plan import Plan
     from stjobs.spec import JobSpec
+    from stjobs.sweep import Point
+    from stjobs.sweep_jobs import Sweeping
 
 
 class Backend(Protocol):
@@ -33,11 +37,15 @@ class Backend(Protocol):
 
     def render(self, spec: JobSpec, k8s_schemas: Path | None = None) -> Plan: ...
 
+    def render_sweep(self, spec: JobSpec, points: Sequence[Point], plans: Sequence[Plan]) -> Plan: ...
+
     def uses_image(self, spec: JobSpec) -> bool: ...
 
     def check(self, plan: Plan, **options: Any) -> None: ...
 
     def submit(self, plan: Plan, **options: Any) -> JobRecord: ...
+
+    def submit_sweep(self, plan: Plan, sweeping: Sweeping, **options: Any) -> list[JobRecord]: ...
 
     def status(self, record: JobRecord) -> JobStatus: ...
 

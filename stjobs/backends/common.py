@@ -4,14 +4,20 @@ renders the same way, and the refusals and checks several of them make."""
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from stjobs import yamlio
 from stjobs.errors import SpecError, UsageError
 from stjobs.launch import RUNTIME_VARS, LaunchPlan
-from stjobs.plan import RenderedFile
+from stjobs.plan import Plan, RenderedFile
 from stjobs.snapshot import CODE_DIR
 from stjobs.spec import JobSpec
+
+if TYPE_CHECKING:
+    from stjobs.sweep import Point
 
 NODE_SCRIPT = "launch.sh"
 SPEC_FILE = "stjobs.yaml"
@@ -54,6 +60,25 @@ def spec_file(spec: JobSpec) -> RenderedFile:
     data = spec.to_data()
     header = "# The job spec as stjobs validated it (defaults filled in). Secret names only, never values.\n"
     return RenderedFile(SPEC_FILE, header + yamlio.dump(data))
+
+
+def sweep_plan(spec: JobSpec, points: Sequence[Point], plans: Sequence[Plan], command: tuple[str, ...],
+               files: Sequence[RenderedFile] = (), notes: Sequence[str] = ()) -> Plan:
+    """A sweep's plan on any backend: the sweep's spec and points table, each point's files under points/<index>/,
+    and the backend's own ``files`` (a SLURM job array's batch file)."""
+    import json
+
+    from stjobs.sweep import SWEEP_FILE, table
+
+    listed = json.dumps({"name": spec.name, "points": table(points)}, indent=2, sort_keys=True) + "\n"
+    out = [*files, spec_file(spec), RenderedFile(SWEEP_FILE, listed)]
+    for point, plan in zip(points, plans, strict=True):
+        out += [replace(item, path=f"{point.directory}/{item.path}") for item in plan.files]
+    said = [f"sweep: {len(points)} point(s), each a job of its own with its own output_dir "
+            f"({plans[0].spec.output_dir} for point 0); the points and their values are in {SWEEP_FILE}",
+            *notes, *plans[0].notes]
+    return Plan(backend=plans[0].backend, job_name=spec.name, files=tuple(out), command=command, launch=None,
+                spec=spec, notes=tuple(said), points=tuple(plans))
 
 
 def launch_files(launch: LaunchPlan) -> list[RenderedFile]:

@@ -12,16 +12,17 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
-from stjobs.backends.k8s.renderer import NAME, render, uses_image
+from stjobs.backends.k8s.renderer import NAME, render, render_sweep, uses_image
 
 if TYPE_CHECKING:
     from pathlib import Path
 
     from stjobs.jobs import JobRecord, JobStatus
     from stjobs.plan import Plan
+    from stjobs.sweep_jobs import Sweeping
 
-__all__ = ["NAME", "cancel", "check", "logs", "output_file", "output_tail", "render", "status", "statuses",
-           "submit", "uses_image"]
+__all__ = ["NAME", "cancel", "check", "logs", "output_file", "output_tail", "render", "render_sweep", "status",
+           "statuses", "submit", "submit_sweep", "uses_image"]
 
 
 def check(plan: Plan, **options: Any) -> None:
@@ -32,6 +33,12 @@ def submit(plan: Plan, **options: Any) -> JobRecord:
     from stjobs.backends.k8s import control
 
     return control.submit(plan, **options)
+
+
+def submit_sweep(plan: Plan, sweeping: Sweeping, **options: Any) -> list[JobRecord]:
+    from stjobs.backends.k8s import control
+
+    return control.submit_sweep(plan, sweeping, **options)
 
 
 def status(record: JobRecord) -> JobStatus:

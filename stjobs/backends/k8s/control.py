@@ -12,7 +12,7 @@ import shutil
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from stjobs import jobs, yamlio
 from stjobs.backends.k8s.client import (
@@ -34,20 +34,24 @@ from stjobs.errors import SubmitError
 from stjobs.jobs import JobRecord, JobStatus, State
 from stjobs.plan import Plan, write_plan
 
+if TYPE_CHECKING:
+    from stjobs.sweep_jobs import Sweeping
+
 CANCELLED_MARKER = "k8s-cancelled"  # in the job dir: we deleted the object, so its absence is no loss
 FINAL_STATE = "k8s-final.json"  # the last finished state seen: the object may go later (TTL, cancel)
 TOLD = ("Failed", "Suspended", "Restarting")  # conditions whose message is worth a status line
 
 
-def submit(plan: Plan, api_client: Any = None) -> JobRecord:
-    """Create the rendered object with strict field validation; on any failure no job directory is left."""
+def submit(plan: Plan, api_client: Any = None, into: tuple[str, Path] | None = None) -> JobRecord:
+    """Create the rendered object with strict field validation; on any failure no job directory is left.
+    ``into``: the job id and directory to use (a sweep's point) instead of new ones."""
     content = next(item.content for item in plan.files if item.path in MANIFEST_FILES.values())
     body = yamlio.read(content)
     meta = body["metadata"]
     job = Target(api_client if api_client is not None else new_client(), RESOURCES[body["kind"]],
                  meta.get("namespace", "default"), meta["name"])
-    job_id = jobs.new_job_id(plan.job_name)
-    job_dir = jobs.jobs_root() / job_id
+    job_id, job_dir = into if into is not None else (jobs.new_job_id(plan.job_name), jobs.jobs_root() / "")
+    job_dir = job_dir if into is not None else jobs.jobs_root() / job_id
     write_plan(plan, job_dir)
     created = False
     try:
@@ -67,6 +71,22 @@ def submit(plan: Plan, api_client: Any = None) -> JobRecord:
                 job.custom("delete_namespaced_custom_object", job.name, propagation_policy="Foreground")
         raise
     return record
+
+
+def submit_sweep(plan: Plan, sweeping: Sweeping, api_client: Any = None) -> list[JobRecord]:
+    """A sweep's points, one object each (they share the sweep's label); an object that cannot be created stops
+    the rest, and the ones created before it are taken back, so a sweep is submitted whole or not at all."""
+    client = api_client if api_client is not None else new_client()
+    records: list[JobRecord] = []
+    try:
+        for index in sweeping.indices:
+            records.append(submit(plan.points[index], client, (sweeping.point_id(index), sweeping.point_dir(index))))
+    except BaseException:
+        for record in records:
+            with contextlib.suppress(Exception):
+                cancel(record, client, wait_s=0)
+        raise
+    return records
 
 
 def _create(job: Target, body: dict[str, Any]) -> None:

@@ -8,11 +8,14 @@ instead of being pruned by the API server.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import replace
 from enum import Enum
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from stjobs import yamlio
-from stjobs.backends.common import spec_file
+from stjobs.backends.common import spec_file, sweep_plan
 from stjobs.backends.k8s import manifest as k8s_manifest
 from stjobs.backends.k8s.checks import check_manifest
 from stjobs.backends.k8s.manifest import CachePlace
@@ -22,6 +25,9 @@ from stjobs.plan import Plan, RenderedFile
 from stjobs.spec import JobSpec
 from stjobs.spec_image import IMAGE_WORKDIR, CodeMode
 from stjobs.spec_k8s import K8sOptions, Kind, Scheduler
+
+if TYPE_CHECKING:
+    from stjobs.sweep import Point
 
 NAME = "k8s"
 KUSTOMIZATION = "kustomization.yaml"
@@ -133,3 +139,29 @@ def _refuse_for_trainjob(spec: JobSpec) -> None:
 def uses_image(spec: JobSpec) -> bool:
     """Every Kubernetes job runs in the spec's image: its build files always come with the render."""
     return True
+
+
+SWEEP_LABEL = "stjobs.dev/sweep"  # on every point's object: kubectl get pytorchjobs -l stjobs.dev/sweep=NAME
+
+
+def render_sweep(spec: JobSpec, points: Sequence[Point], plans: Sequence[Plan]) -> Plan:
+    """A sweep on Kubernetes: one object per point (named NAME-p<index>), all with the sweep's label; the
+    top-level kustomization applies them together."""
+    if spec.sweep.max_running:
+        raise SpecError("sweep.max_running", spec.sweep.max_running, "no limit on the k8s backend (every point's "
+                        "object is created at once; a queue such as Kueue decides how many run)")
+    labelled = []
+    for plan in plans:
+        manifest_file = MANIFEST_FILES[plan.spec.k8s.kind]
+        item = plan.file(manifest_file)
+        header, _, body = item.content.partition("\n")
+        manifest = yamlio.read(body)
+        manifest["metadata"].setdefault("labels", {})[SWEEP_LABEL] = spec.name
+        files = tuple(replace(part, content=f"{header}\n{yamlio.dump(manifest)}") if part is item else part
+                      for part in plan.files)
+        labelled.append(replace(plan, files=files))
+    kustomization = {"apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization",
+                     "resources": [point.directory for point in points]}
+    return sweep_plan(spec, points, labelled, ("kubectl", "apply", "-k", "."),
+                      files=[RenderedFile(KUSTOMIZATION, yamlio.dump(kustomization))],
+                      notes=[f"one {plans[0].spec.k8s.kind.value} per point, labelled {SWEEP_LABEL}={spec.name}"])

@@ -11,14 +11,14 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from stjobs.backends.local.control import cancel, logs, output_file, status, statuses
-from stjobs.backends.local.renderer import NAME, render, uses_image
-from stjobs.backends.local.submission import check, submit
+from stjobs.backends.local.renderer import NAME, render, render_sweep, uses_image
+from stjobs.backends.local.submission import check, submit, submit_sweep
 
 if TYPE_CHECKING:
     from stjobs.jobs import JobRecord
 
-__all__ = ["NAME", "cancel", "check", "logs", "output_file", "output_tail", "render", "status", "statuses",
-           "submit", "uses_image"]
+__all__ = ["NAME", "cancel", "check", "logs", "output_file", "output_tail", "render", "render_sweep", "status",
+           "statuses", "submit", "submit_sweep", "uses_image"]
 
 
 def output_tail(record: JobRecord, limit_bytes: int) -> str | None:

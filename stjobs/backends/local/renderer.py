@@ -2,12 +2,26 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from stjobs.backends.common import NODE_SCRIPT, launch_files, node_script, refuse_elastic, refuse_schemas, spec_file
+from stjobs.backends.common import (
+    NODE_SCRIPT,
+    launch_files,
+    node_script,
+    refuse_elastic,
+    refuse_schemas,
+    spec_file,
+    sweep_plan,
+)
+from stjobs.errors import SpecError
 from stjobs.launch import build_launch
 from stjobs.plan import Plan
 from stjobs.spec import JobSpec
+
+if TYPE_CHECKING:
+    from stjobs.sweep import Point
 
 NAME = "local"
 
@@ -33,3 +47,14 @@ def render(spec: JobSpec, k8s_schemas: Path | None = None) -> Plan:
 def uses_image(spec: JobSpec) -> bool:
     """A local job runs on this machine's Python, never in an image."""
     return False
+
+
+def render_sweep(spec: JobSpec, points: Sequence[Point], plans: Sequence[Plan]) -> Plan:
+    """A sweep on this machine: the points' jobs, run one after another (or sweep.max_running at once)."""
+    at_once = spec.sweep.max_running or 1
+    if at_once > 1 and spec.gpus_per_node:
+        raise SpecError("sweep.max_running", at_once, "1 for a local sweep of GPU jobs (its points run one after "
+                        "another, each on the GPUs this machine gives a job)")
+    return sweep_plan(spec, points, plans, ("bash", "points/<index>/" + NODE_SCRIPT),
+                      notes=[f"`stjobs submit` runs {at_once} point(s) at a time, each as soon as the one "
+                             f"{at_once} before it has ended"])

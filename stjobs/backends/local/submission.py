@@ -9,6 +9,7 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from stjobs.after import DEFAULT_IF_FAILS, After
 from stjobs.backends.common import check_secrets
@@ -20,11 +21,16 @@ from stjobs.jobs import JobRecord, jobs_root, new_job_id
 from stjobs.plan import Plan, write_plan
 from stjobs.snapshot import copy_snapshot, plan_snapshot, snapshot_details
 
+if TYPE_CHECKING:
+    from stjobs.sweep_jobs import Sweeping
+
 SUPERVISOR = "stjobs.backends.local.supervisor"
 
 
 def check(plan: Plan, cwd: str | Path | None = None) -> None:
-    """What must hold on this machine before anything is written: the job takes this environment and runs here."""
+    """What must hold on this machine before anything is written: the job takes this environment and runs here.
+    A sweep's first point stands for its points."""
+    plan = plan.points[0] if plan.points else plan
     check_secrets(plan.spec)
     check_local(plan.spec, plan.launch.python_modules if plan.launch else (), cwd)
     job_gpus(plan.spec)  # refuses a job that asks for more GPUs than this machine (or this shell) has
@@ -32,13 +38,14 @@ def check(plan: Plan, cwd: str | Path | None = None) -> None:
 
 
 def submit(plan: Plan, cwd: str | Path | None = None, after: Sequence[After] = (),
-           if_dependency_fails: str = DEFAULT_IF_FAILS) -> JobRecord:
+           if_dependency_fails: str = DEFAULT_IF_FAILS, into: tuple[str, Path] | None = None) -> JobRecord:
     """Write the plan into a new job directory and start its supervisor in a session of its own; with ``after``,
-    the supervisor starts the nodes once those jobs have ended as asked (:mod:`stjobs.after`)."""
+    the supervisor starts the nodes once those jobs have ended as asked (:mod:`stjobs.after`). ``into``: the job
+    id and directory to use (a sweep's point) instead of new ones."""
     spec = plan.spec
     gpus = job_gpus(spec)  # before anything is written: a job that cannot get its GPUs leaves nothing behind
-    job_id = new_job_id(plan.job_name)
-    job_dir = jobs_root() / job_id
+    job_id, job_dir = into if into is not None else (new_job_id(plan.job_name), None)
+    job_dir = job_dir if job_dir is not None else jobs_root() / job_id
     write_plan(plan, job_dir, dir_mode=0o700)  # the job's scripts and logs are the owner's alone
     workdir = Path(cwd or os.getcwd()).resolve()
     try:
@@ -73,3 +80,17 @@ def submit(plan: Plan, cwd: str | Path | None = None, after: Sequence[After] = (
     with os.fdopen(private_file(job_dir / PID_FILE), "w", encoding="utf-8", newline="\n") as pid_file:
         pid_file.write(f"{process.pid}\n")
     return record
+
+
+def submit_sweep(plan: Plan, sweeping: Sweeping, cwd: str | Path | None = None, after: Sequence[After] = (),
+                 if_dependency_fails: str = DEFAULT_IF_FAILS) -> list[JobRecord]:
+    """A sweep's points as local jobs, sweep.max_running at a time (default one): each point waits for the one
+    that many places before it to end, however it ends, so a failed point does not stop the others."""
+    at_once = plan.spec.sweep.max_running or 1
+    records: list[JobRecord] = []
+    for count, index in enumerate(sweeping.indices):
+        before = records[count - at_once] if count >= at_once else None
+        chain = [After("any", before.job_id, before.job_dir)] if before is not None else []
+        records.append(submit(plan.points[index], cwd, [*after, *chain], if_dependency_fails,
+                              into=(sweeping.point_id(index), sweeping.point_dir(index))))
+    return records

@@ -13,16 +13,17 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
-from stjobs.backends.slurm.renderer import NAME, render, sbatch_parameters, uses_image
+from stjobs.backends.slurm.renderer import NAME, render, render_sweep, sbatch_parameters, uses_image
 
 if TYPE_CHECKING:
     from pathlib import Path
 
     from stjobs.jobs import JobRecord, JobStatus
     from stjobs.plan import Plan
+    from stjobs.sweep_jobs import Sweeping
 
-__all__ = ["NAME", "cancel", "check", "logs", "output_file", "output_tail", "render", "sbatch_parameters", "status",
-           "statuses", "submit", "uses_image"]
+__all__ = ["NAME", "cancel", "check", "logs", "output_file", "output_tail", "render", "render_sweep",
+           "sbatch_parameters", "status", "statuses", "submit", "submit_sweep", "uses_image"]
 
 
 def check(plan: Plan, **options: Any) -> None:
@@ -35,6 +36,12 @@ def submit(plan: Plan, **options: Any) -> JobRecord:
     from stjobs.backends.slurm import submission
 
     return submission.submit(plan, **options)
+
+
+def submit_sweep(plan: Plan, sweeping: Sweeping, **options: Any) -> list[JobRecord]:
+    from stjobs.backends.slurm import submission
+
+    return submission.submit_sweep(plan, sweeping, **options)
 
 
 def status(record: JobRecord) -> JobStatus:

@@ -99,9 +99,11 @@ def _ask(ids: list[str]) -> tuple[dict[str, list[Run]], dict[str, tuple[str, str
     """sacct's runs and squeue's lines for ``ids``, both commands running at once (the listing costs the slower
     of the two, not their sum), and squeue's failure as text."""
     joined = ",".join(ids)
-    sacct = _start(["sacct", "-j", joined, "-X", "--duplicates", "-n", "-P", "-o", "JobIDRaw,State,ExitCode"])
+    # JobID, not JobIDRaw: a job array's task is "119_2" to both commands (its raw id is a number of its own), and
+    # squeue -r lists each pending task on its own line instead of one "119_[1-2]".
+    sacct = _start(["sacct", "-j", joined, "-X", "--duplicates", "-n", "-P", "-o", "JobID,State,ExitCode"])
     try:
-        squeue: subprocess.Popen[str] | SubmitError = _start(["squeue", "-h", "-j", joined, "-o", "%i|%T|%r"])
+        squeue: subprocess.Popen[str] | SubmitError = _start(["squeue", "-h", "-r", "-j", joined, "-o", "%i|%T|%r"])
     except SubmitError as error:
         squeue = error
     try:
@@ -239,7 +241,7 @@ def _parse_sacct(text: str) -> dict[str, list[Run]]:
 
 def _ask_memory(ids: list[str]) -> dict[str, Seen]:
     """What slurmctld holds of ``ids``, finished jobs included (until MinJobAge): squeue --states=all."""
-    text = _finish(_start(["squeue", "--states=all", "-h", "-j", ",".join(ids), "-O", MEMORY_FORMAT]),
+    text = _finish(_start(["squeue", "--states=all", "-h", "-r", "-j", ",".join(ids), "-O", MEMORY_FORMAT]),
                    unknown_job_ok=True)
     seen: dict[str, Seen] = {}
     for line in text.splitlines():

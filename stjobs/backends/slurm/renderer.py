@@ -12,16 +12,31 @@ import math
 import os
 import re
 import shlex
+from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from stjobs.backends.common import NODE_SCRIPT, launch_files, node_script, refuse_elastic, refuse_schemas, spec_file
+from stjobs.backends.common import (
+    NODE_SCRIPT,
+    launch_files,
+    node_script,
+    refuse_elastic,
+    refuse_schemas,
+    spec_file,
+    sweep_plan,
+)
 from stjobs.backends.slurm.jobfiles import EXIT_RECORD
 from stjobs.backends.slurm.task import OUT_OF_REQUEUES_EXIT
 from stjobs.errors import SpecError
 from stjobs.launch import Arg, Ref, build_launch
-from stjobs.plan import Plan
+from stjobs.plan import Plan, RenderedFile
 from stjobs.spec import Container, GpuRequest, JobSpec
+from stjobs.sweep import POINTS_DIR
 from stjobs.templating import render_file
+
+if TYPE_CHECKING:
+    from stjobs.sweep import Point
 
 NAME = "slurm"
 SBATCH_FILE = "job.sbatch"
@@ -30,6 +45,8 @@ SUBMIT_DIR = "${SLURM_SUBMIT_DIR}"
 # The job's workdir as the batch script exports it (for container mounts): the spec file's, else the submit dir.
 WORKDIR = "${STJOBS_WORKDIR}"
 OUTPUT_PATTERN = "%x-%j.out"
+ARRAY_OUTPUT_PATTERN = "%x-%A_%a.out"  # a job array's tasks: the array's id and the task's index
+ARRAY_TASK_ID = "${SLURM_ARRAY_JOB_ID}_${SLURM_ARRAY_TASK_ID}"  # how sacct and squeue name a task
 
 
 def sbatch_parameters(spec: JobSpec) -> dict[str, str | int | bool]:
@@ -180,24 +197,65 @@ def pyxis_image(image: str) -> str:
     return image
 
 
-def render(spec: JobSpec, k8s_schemas: Path | None = None) -> Plan:
-    refuse_schemas(k8s_schemas, NAME)
-    refuse_elastic(spec, NAME)
-    refuse_short_limit(spec)
-    launch = build_launch(spec)
+def batch_file(spec: JobSpec, points: int = 0, max_running: int | None = None) -> RenderedFile:
+    """The batch script; with ``points``, the job array of a sweep whose task N runs points/N/ (the tasks share
+    this one script, so every point must ask SLURM for the same: :func:`render_sweep` checks)."""
     params = sbatch_parameters(spec)
     options = [sbatch_option(key, value) for key, value in params.items()]
-    options.append(f"--output={OUTPUT_PATTERN}")
+    if points:
+        limit = f"%{max_running}" if max_running else ""
+        options.append(f"--array=0-{points - 1}{limit}")
+    options.append(f"--output={ARRAY_OUTPUT_PATTERN if points else OUTPUT_PATTERN}")
     options += list(spec.slurm.extra_sbatch)  # the one escape hatch, last so it can override
-    batch = render_file(
+    return render_file(
         SBATCH_FILE, "sbatch.sh.j2", spec, executable=True,
         name=spec.name, nodes=spec.nodes, procs_per_node=spec.procs_per_node, sbatch_file=SBATCH_FILE,
         sbatch_options=options, node_script=NODE_SCRIPT, job_setup=job_setup(spec),
         user_setup=spec.slurm.setup, signal_lead_s=preemption_lead_s(spec),
         max_requeues=spec.slurm.max_requeues, out_of_requeues_exit=OUT_OF_REQUEUES_EXIT,
-        exit_record=EXIT_RECORD.format(job="${SLURM_JOB_ID}"),
+        exit_record=EXIT_RECORD.format(job=ARRAY_TASK_ID if points else "${SLURM_JOB_ID}"),
+        points_dir=POINTS_DIR if points else None,
         srun=["srun", *srun_options(spec), *node_command(spec)],
     )
+
+
+def render_sweep(spec: JobSpec, points: Sequence[Point], plans: Sequence[Plan]) -> Plan:
+    """A sweep as one job array: task N is point N, a whole multi-node job with its own rendezvous id and port
+    (both from the task's own SLURM_JOB_ID), log, events and output_dir."""
+    first = plans[0].spec
+    allocation = _allocation(first)
+    for point, plan in zip(points, plans, strict=True):
+        differs = next((key for key, value in _allocation(plan.spec).items() if allocation.get(key) != value), None)
+        if differs is not None:
+            raise SpecError(f"sweep point {point.index} ({point.label})", differs, "the same SLURM request in every "
+                            "point (a job array's tasks share one batch script): sweep training arguments and "
+                            "values of the launch, or submit a sweep per allocation")
+    # The array's batch file is the tasks' one: a point's own would run it as a job of its own.
+    plans = [replace(plan, files=tuple(item for item in plan.files if item.path != SBATCH_FILE),
+                     notes=tuple(note for note in plan.notes if not note.startswith("output: "))) for plan in plans]
+    notes = [f"one job array of {len(points)} task(s)"
+             + (f", at most {spec.sweep.max_running} running at once" if spec.sweep.max_running else "")
+             + f"; output: {ARRAY_OUTPUT_PATTERN} in the directory you submit from"]
+    return sweep_plan(spec, points, plans, ("sbatch", SBATCH_FILE), files=[batch_file(replace(first, name=spec.name),
+                                                                                     len(points),
+                                                                                     spec.sweep.max_running)],
+                      notes=notes)
+
+
+def _allocation(spec: JobSpec) -> dict[str, object]:
+    """Everything of a point that reaches the batch script rather than its own launch.sh."""
+    params = {key: value for key, value in sbatch_parameters(spec).items() if key != "job_name"}  # NAME-p<index>
+    return {**params, "slurm.extra_sbatch": spec.slurm.extra_sbatch,
+            "slurm.setup": spec.slurm.setup, "srun": tuple(map(str, srun_options(spec))),
+            "node command": tuple(map(str, node_command(spec))), "job setup": tuple(job_setup(spec))}
+
+
+def render(spec: JobSpec, k8s_schemas: Path | None = None) -> Plan:
+    refuse_schemas(k8s_schemas, NAME)
+    refuse_elastic(spec, NAME)
+    refuse_short_limit(spec)
+    launch = build_launch(spec)
+    batch = batch_file(spec)
     files = (batch, node_script(spec, launch), spec_file(spec),
              *launch_files(launch))
     notes = [f"output: {OUTPUT_PATTERN} in the directory you submit from"]

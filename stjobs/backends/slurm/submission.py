@@ -17,7 +17,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from stjobs.after import DEFAULT_IF_FAILS, After, slurm_dependency
 from stjobs.backends import common
@@ -26,18 +26,21 @@ from stjobs.errors import SubmitError, UsageError
 from stjobs.jobs import JobRecord, jobs_root, new_job_id
 from stjobs.launch import Arg, Ref
 from stjobs.plan import Plan, write_plan
-from stjobs.snapshot import copy_snapshot, plan_snapshot, snapshot_details
+from stjobs.snapshot import CODE_DIR, copy_snapshot, plan_snapshot, snapshot_details
 from stjobs.spec import Container, JobSpec
+
+if TYPE_CHECKING:
+    from stjobs.sweep_jobs import Sweeping
 
 
 def check(plan: Plan, sbatch: bool = False, cwd: str | Path | None = None, executor: Any = None) -> None:
     """Before anything is written: the job takes this environment (sbatch --export=ALL), and a site's batch
     template only reaches SLURM through plain sbatch (submitit writes a batch script of its own)."""
     common.check_secrets(plan.spec)
-    node_python(plan, cwd)
+    node_python(plan.points[0] if plan.points else plan, cwd)  # a sweep's first point stands for its points
     plan_snapshot(plan.spec, Path(cwd or os.getcwd()) / plan.spec.workdir_path)
     site = plan.file(slurm.SBATCH_FILE).site_template
-    if site is not None and not sbatch:
+    if site is not None and not sbatch and not plan.points:  # a sweep is its job array, always through sbatch
         raise UsageError(f"--sbatch: got a site batch template ({site}) without --sbatch; expected --sbatch "
                          "(submitit writes its own batch script, so the site's would be ignored)")
 
@@ -85,6 +88,40 @@ def submit(plan: Plan, sbatch: bool = False, cwd: str | Path | None = None, exec
     return record
 
 
+def submit_sweep(plan: Plan, sweeping: Sweeping, sbatch: bool = False, cwd: str | Path | None = None,
+                 executor: Any = None, after: Sequence[After] = (),
+                 if_dependency_fails: str = DEFAULT_IF_FAILS) -> list[JobRecord]:
+    """A sweep as the rendered job array, through sbatch (``sbatch``/``executor`` are for single jobs: the array
+    is the batch file itself): task N runs point N; only ``sweeping.indices`` are submitted (``--array`` on the
+    command line overrides the file's). One code copy serves every point."""
+    job_dir, spec = sweeping.sweep_dir, plan.spec
+    workdir = Path(cwd or os.getcwd()).resolve()
+    python = node_python(plan.points[0], cwd)
+    snapshot = plan_snapshot(spec, workdir / spec.workdir_path)
+    if snapshot is not None:
+        copy_snapshot(snapshot, job_dir)
+    for index in sweeping.indices:
+        write_plan(plan.points[index], sweeping.point_dir(index))
+        if snapshot is not None:  # the launch script looks for the copy beside itself
+            (sweeping.point_dir(index) / CODE_DIR).symlink_to(Path("..", "..", CODE_DIR))
+    limit = f"%{spec.sweep.max_running}" if spec.sweep.max_running else ""
+    waits = {"array": ",".join(map(str, sweeping.indices)) + limit, **_dependency_options(after, if_dependency_fails)}
+    array_id, _ = _submit_sbatch(job_dir, workdir, python, waits, output=job_dir / "slurm-%A_%a.out")
+    records = []
+    for index in sweeping.indices:
+        point = plan.points[index].spec
+        task = f"{array_id}_{index}"
+        record = JobRecord(job_id=sweeping.point_id(index), backend=slurm.NAME, name=point.name,
+                           job_dir=str(sweeping.point_dir(index)), submitted_at=time.time(), nodes=point.nodes,
+                           procs_per_node=point.procs_per_node,
+                           details={"slurm_job_id": task, "cwd": str(workdir), "max_requeues": point.slurm.max_requeues,
+                                    "snapshot": snapshot_details(snapshot), "mode": "sbatch",
+                                    "output": str(job_dir / f"slurm-{task}.out"), "sweep_of": sweeping.sweep_id})
+        record.save()
+        records.append(record)
+    return records
+
+
 def _dependency_options(after: Sequence[After], if_fails: str) -> dict[str, str]:
     """sbatch's options for ``after`` (also submitit's additional parameters, without the dashes). The kill
     option is always given: the site's default (SchedulerParameters=kill_invalid_depend) is not the user's."""
@@ -93,9 +130,9 @@ def _dependency_options(after: Sequence[After], if_fails: str) -> dict[str, str]
     return {"dependency": slurm_dependency(after), "kill-on-invalid-dep": "yes" if if_fails == "cancel" else "no"}
 
 
-def _submit_sbatch(job_dir: Path, workdir: Path, python: str | None,
-                   waits: dict[str, str]) -> tuple[str, dict[str, object]]:
-    output = job_dir / "slurm-%j.out"
+def _submit_sbatch(job_dir: Path, workdir: Path, python: str | None, waits: dict[str, str],
+                   output: Path | None = None) -> tuple[str, dict[str, object]]:
+    output = output or job_dir / "slurm-%j.out"
     argv = ["sbatch", "--parsable", f"--output={output}", *(f"--{key}={value}" for key, value in waits.items()),
             # ALL keeps the submitting environment (secrets); the job dir is told outright.
             f"--export=ALL,STJOBS_JOB_DIR={job_dir}", str(job_dir / slurm.SBATCH_FILE)]
