@@ -308,7 +308,6 @@ def clean(older_than_days: float | None = None, outputs: bool = False, dry_run: 
 def wait(job_id: str, timeout_s: float | None = None, poll_s: float = 1.0) -> JobStatus:
     """Block until the job has finished (or ``timeout_s`` passed) and return its last status."""
     from stjobs.jobs import load_record, wait_until_finished
-
     from stjobs.sweep_jobs import is_sweep
 
     record = load_record(job_id)
