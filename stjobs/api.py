@@ -29,14 +29,17 @@ def render(spec: JobSpec, backend: str = "local", k8s_schemas: str | Path | None
 
     ``k8s_schemas``: a directory with the Kubeflow CRD files; the k8s backend then checks its manifest strictly
     against them (without it the plan notes that the check was skipped); the others refuse it."""
+    schemas = Path(k8s_schemas) if k8s_schemas is not None else None
     if spec.sweep.enabled:
         from stjobs.sweep import expand
 
+        # The points differ in their values only: what the spec decides is said once, for the first.
         points = expand(spec)
-        return backend_module(backend).render_sweep(spec, points, [render(point.spec, backend, k8s_schemas)
-                                                                   for point in points])
-    plan = backend_module(backend).render(spec, Path(k8s_schemas) if k8s_schemas is not None else None)
-    notes = [note for note in (batch_note(spec), gpu_note(spec), fsdp_note(spec), defaults_note(spec)) if note]
+        plan = backend_module(backend).render_sweep(spec, points, schemas)
+        said = points[0].spec
+    else:
+        plan, said = backend_module(backend).render(spec, schemas), spec
+    notes = [note for note in (batch_note(said), gpu_note(said), fsdp_note(said), defaults_note(said)) if note]
     return replace(plan, notes=(*plan.notes, *notes)) if notes else plan
 
 

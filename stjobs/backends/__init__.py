@@ -1,9 +1,9 @@
 """The closed table of backends. Each is a package whose ``__init__`` offers the same functions:
 
-``render(spec, k8s_schemas) -> Plan`` (pure), ``render_sweep(spec, points, plans) -> Plan`` (a sweep's points, each
-rendered by ``render``, as one plan: a SLURM job array, one Kubeflow object per point, local jobs), ``uses_image(spec)``
-(whether the job runs in the spec's image, so its build files come with the render), ``check(plan, ...)`` (what must
-hold on this machine before anything is written), ``submit(plan, ...) -> JobRecord`` (side effects),
+``render(spec, k8s_schemas) -> Plan`` (pure), ``render_sweep(spec, points, k8s_schemas) -> Plan`` (a sweep's points,
+each rendered as ``render`` would, as one plan: a SLURM job array, one Kubeflow object per point, local jobs),
+``uses_image(spec)`` (whether the job runs in the spec's image, so its build files come with the render), ``check(plan,
+...)`` (what must hold on this machine before anything is written), ``submit(plan, ...) -> JobRecord`` (side effects),
 ``submit_sweep(plan, sweeping, ...)`` (a sweep's points), and for job control ``status(record)``, ``statuses(records)``
 (a listing: many jobs in one query of the scheduler, never one per job), ``logs(record, follow, rank)``,
 ``cancel(record)``, ``output_file(record)`` (the file on this machine that holds rank 0's output, whose tail ``stjobs
@@ -37,7 +37,7 @@ class Backend(Protocol):
 
     def render(self, spec: JobSpec, k8s_schemas: Path | None = None) -> Plan: ...
 
-    def render_sweep(self, spec: JobSpec, points: Sequence[Point], plans: Sequence[Plan]) -> Plan: ...
+    def render_sweep(self, spec: JobSpec, points: Sequence[Point], k8s_schemas: Path | None = None) -> Plan: ...
 
     def uses_image(self, spec: JobSpec) -> bool: ...
 

@@ -3,6 +3,7 @@ renders the same way, and the refusals and checks several of them make."""
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Sequence
 from dataclasses import replace
@@ -59,7 +60,18 @@ def spec_file(spec: JobSpec) -> RenderedFile:
     """The spec as validated, defaults filled in: what actually ran, next to what ran it."""
     data = spec.to_data()
     header = "# The job spec as stjobs validated it (defaults filled in). Secret names only, never values.\n"
-    return RenderedFile(SPEC_FILE, header + yamlio.dump(data))
+    # One top-level entry at a time: a block-style mapping is its entries one after another, and the points of a
+    # sweep share most of theirs (slurm, k8s, build, ...), which PyYAML then writes once instead of once a point.
+    import json
+
+    return RenderedFile(SPEC_FILE, header + "".join(_entry(key, json.dumps(value)) for key, value in data.items()))
+
+
+@functools.lru_cache(maxsize=1024)
+def _entry(key: str, value: str) -> str:
+    import json
+
+    return yamlio.dump({key: json.loads(value)})
 
 
 def sweep_plan(spec: JobSpec, points: Sequence[Point], plans: Sequence[Plan], command: tuple[str, ...],

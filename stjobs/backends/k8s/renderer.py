@@ -9,7 +9,6 @@ instead of being pruned by the API server.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import replace
 from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -33,9 +32,10 @@ NAME = "k8s"
 KUSTOMIZATION = "kustomization.yaml"
 MANIFEST_FILES = {Kind.pytorchjob: "pytorchjob.yaml", Kind.trainjob: "trainjob.yaml"}
 
-def render(spec: JobSpec, k8s_schemas: Path | None = None) -> Plan:
+def render(spec: JobSpec, k8s_schemas: Path | None = None, labels: dict[str, str] | None = None) -> Plan:
     """The manifest and its kustomization; with ``k8s_schemas`` (a directory of the Kubeflow CRD files) checked
-    strictly against the official CRD and the core pod schema, else the plan notes that the check was skipped."""
+    strictly against the official CRD and the core pod schema, else the plan notes that the check was skipped.
+    ``labels``: more labels on the object (a sweep's)."""
     if spec.image is None:
         raise SpecError("image", None, "a container image for the k8s backend: pass --image REF or set image: "
                         "in the spec (e.g. ghcr.io/org/train:1.0)")
@@ -52,6 +52,8 @@ def render(spec: JobSpec, k8s_schemas: Path | None = None) -> Plan:
                         f"{spec.k8s.pvc_mount_path} (where the code is mounted)")
     launch = build_launch(spec, rendezvous_from_env=True)
     manifest = k8s_manifest.build(spec, launch)
+    if labels:
+        manifest["metadata"].setdefault("labels", {}).update(labels)
     check_note = check_manifest(manifest, k8s_schemas)
     manifest_file = MANIFEST_FILES[spec.k8s.kind]
     kustomization = {"apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization",
@@ -144,24 +146,15 @@ def uses_image(spec: JobSpec) -> bool:
 SWEEP_LABEL = "stjobs.dev/sweep"  # on every point's object: kubectl get pytorchjobs -l stjobs.dev/sweep=NAME
 
 
-def render_sweep(spec: JobSpec, points: Sequence[Point], plans: Sequence[Plan]) -> Plan:
+def render_sweep(spec: JobSpec, points: Sequence[Point], k8s_schemas: Path | None = None) -> Plan:
     """A sweep on Kubernetes: one object per point (named NAME-p<index>), all with the sweep's label; the
     top-level kustomization applies them together."""
     if spec.sweep.max_running:
         raise SpecError("sweep.max_running", spec.sweep.max_running, "no limit on the k8s backend (every point's "
                         "object is created at once; a queue such as Kueue decides how many run)")
-    labelled = []
-    for plan in plans:
-        manifest_file = MANIFEST_FILES[plan.spec.k8s.kind]
-        item = plan.file(manifest_file)
-        header, _, body = item.content.partition("\n")
-        manifest = yamlio.read(body)
-        manifest["metadata"].setdefault("labels", {})[SWEEP_LABEL] = spec.name
-        files = tuple(replace(part, content=f"{header}\n{yamlio.dump(manifest)}") if part is item else part
-                      for part in plan.files)
-        labelled.append(replace(plan, files=files))
+    labelled = [render(point.spec, k8s_schemas, {SWEEP_LABEL: spec.name}) for point in points]
     kustomization = {"apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization",
                      "resources": [point.directory for point in points]}
     return sweep_plan(spec, points, labelled, ("kubectl", "apply", "-k", "."),
                       files=[RenderedFile(KUSTOMIZATION, yamlio.dump(kustomization))],
-                      notes=[f"one {plans[0].spec.k8s.kind.value} per point, labelled {SWEEP_LABEL}={spec.name}"])
+                      notes=[f"one {labelled[0].spec.k8s.kind.value} per point, labelled {SWEEP_LABEL}={spec.name}"])

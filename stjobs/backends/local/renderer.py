@@ -49,8 +49,9 @@ def uses_image(spec: JobSpec) -> bool:
     return False
 
 
-def render_sweep(spec: JobSpec, points: Sequence[Point], plans: Sequence[Plan]) -> Plan:
+def render_sweep(spec: JobSpec, points: Sequence[Point], k8s_schemas: Path | None = None) -> Plan:
     """A sweep on this machine: the points' jobs, run one after another (or sweep.max_running at once)."""
+    plans = [render(point.spec, k8s_schemas) for point in points]
     at_once = spec.sweep.max_running or 1
     if at_once > 1 and spec.gpus_per_node:
         raise SpecError("sweep.max_running", at_once, "1 for a local sweep of GPU jobs (its points run one after "

@@ -219,9 +219,11 @@ def batch_file(spec: JobSpec, points: int = 0, max_running: int | None = None) -
     )
 
 
-def render_sweep(spec: JobSpec, points: Sequence[Point], plans: Sequence[Plan]) -> Plan:
+def render_sweep(spec: JobSpec, points: Sequence[Point], k8s_schemas: Path | None = None) -> Plan:
     """A sweep as one job array: task N is point N, a whole multi-node job with its own rendezvous id and port
-    (both from the task's own SLURM_JOB_ID), log, events and output_dir."""
+    (both from the task's own SLURM_JOB_ID), log, events and output_dir. A point has no batch file of its own:
+    the array's is the tasks' one."""
+    plans = [_render(point.spec, k8s_schemas, batch=False) for point in points]
     first = plans[0].spec
     allocation = _allocation(first)
     for point, plan in zip(points, plans, strict=True):
@@ -230,9 +232,6 @@ def render_sweep(spec: JobSpec, points: Sequence[Point], plans: Sequence[Plan]) 
             raise SpecError(f"sweep point {point.index} ({point.label})", differs, "the same SLURM request in every "
                             "point (a job array's tasks share one batch script): sweep training arguments and "
                             "values of the launch, or submit a sweep per allocation")
-    # The array's batch file is the tasks' one: a point's own would run it as a job of its own.
-    plans = [replace(plan, files=tuple(item for item in plan.files if item.path != SBATCH_FILE),
-                     notes=tuple(note for note in plan.notes if not note.startswith("output: "))) for plan in plans]
     notes = [f"one job array of {len(points)} task(s)"
              + (f", at most {spec.sweep.max_running} running at once" if spec.sweep.max_running else "")
              + f"; output: {ARRAY_OUTPUT_PATTERN} in the directory you submit from"]
@@ -251,14 +250,17 @@ def _allocation(spec: JobSpec) -> dict[str, object]:
 
 
 def render(spec: JobSpec, k8s_schemas: Path | None = None) -> Plan:
+    return _render(spec, k8s_schemas, batch=True)
+
+
+def _render(spec: JobSpec, k8s_schemas: Path | None, batch: bool) -> Plan:
     refuse_schemas(k8s_schemas, NAME)
     refuse_elastic(spec, NAME)
     refuse_short_limit(spec)
     launch = build_launch(spec)
-    batch = batch_file(spec)
-    files = (batch, node_script(spec, launch), spec_file(spec),
+    files = (*([batch_file(spec)] if batch else []), node_script(spec, launch), spec_file(spec),
              *launch_files(launch))
-    notes = [f"output: {OUTPUT_PATTERN} in the directory you submit from"]
+    notes = [f"output: {OUTPUT_PATTERN} in the directory you submit from"] if batch else []
     if spec.slurm.signal_lead_s and not spec.entrypoint.resumable:
         notes.append("preemption: not requeued (--no-requeue): the script is not marked resumable; add "
                      "stjobs.train.callbacks.PreemptionCallback and set entrypoint.resumable: true")
