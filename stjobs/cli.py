@@ -53,6 +53,7 @@ def spec_inputs(args: argparse.Namespace) -> tuple[str | None, list[Override], l
     """The spec file, the flags' overrides and the --set items a command's spec is made of."""
     overrides: list[Override] = [(field, getattr(args, field)) for _, field, _ in SPEC_FLAGS
                                  if getattr(args, field) is not None]
+    overrides += [("slurm.remote", args.remote)] if getattr(args, "remote", None) else []  # submit's --remote
     command = " ".join(filter(None, (args.command, getattr(args, "image_command", None))))
     return spec_file(args.spec, overrides, args.sets, command), overrides, args.sets
 
@@ -91,9 +92,10 @@ def cmd_render(args: argparse.Namespace) -> int:
 
 def cmd_submit(args: argparse.Namespace) -> int:
     options = {"sbatch": True} if args.sbatch else {}
-    if args.sbatch and args.backend != "slurm":
-        raise UsageFailure(f"--sbatch: got --sbatch with --backend {args.backend}; expected --backend slurm "
-                           "(--sbatch submits with plain sbatch)")
+    for flag, why in (("--sbatch", "submits with plain sbatch"), ("--remote", "submits to a SLURM login node")):
+        if getattr(args, flag[2:]) and args.backend != "slurm":
+            raise UsageFailure(f"{flag}: got {flag} with --backend {args.backend}; expected --backend slurm "
+                               f"({flag} {why})")
     record = api.submit(spec_from(args), args.backend, k8s_schemas(args), **options)
     print(f"submitted {record.job_id} ({args.backend}, {record.nodes} node(s) x {record.procs_per_node} "
           f"process(es)); files in {record.job_dir}", flush=True)
@@ -244,6 +246,8 @@ def _submit_parser(submit: argparse.ArgumentParser) -> None:
     submit.add_argument("--follow", "-f", action="store_true", help="stream the output until the job ends")
     submit.add_argument("--sbatch", action="store_true",
                         help="slurm: submit the rendered batch file with plain sbatch instead of submitit")
+    submit.add_argument("--remote", metavar="[USER@]HOST", default=None, help="slurm: submit over ssh to this "
+                        "login node with plain sbatch there (spec field slurm.remote)")
     submit.set_defaults(run=cmd_submit)
 
 
@@ -255,13 +259,9 @@ def _status_parser(status: argparse.ArgumentParser) -> None:
 
 
 def _logs_parser(logs: argparse.ArgumentParser) -> None:
-    logs.add_argument("job_id", metavar="JOB")
-    logs.add_argument("--follow", "-f", action="store_true", help="keep printing until the job ends")
-    logs.add_argument("--rank", type=int, default=None, help="only this global rank's lines, as written")
-    shown = logs.add_mutually_exclusive_group()
-    shown.add_argument("--raw", action="store_true", help="every line as written (default for the built-in "
-                       "training: progress, its messages and errors)")
-    shown.add_argument("--events", action="store_true", help="only the training's STJOBS_EVENT lines (JSON)")
+    from stjobs.cliparse import logs_arguments
+
+    logs_arguments(logs)
     logs.set_defaults(run=cmd_logs)
 
 

@@ -57,6 +57,17 @@ def status_arguments(status: argparse.ArgumentParser, backends: Iterable[str]) -
                         help="redraw the table every SECONDS (default 2) until Ctrl-C")
 
 
+def logs_arguments(logs: argparse.ArgumentParser) -> None:
+    """``stjobs logs``' flags (the command is in :mod:`stjobs.cli`, the person's view in :mod:`stjobs.console`)."""
+    logs.add_argument("job_id", metavar="JOB")
+    logs.add_argument("--follow", "-f", action="store_true", help="keep printing until the job ends")
+    logs.add_argument("--rank", type=int, default=None, help="only this global rank's lines, as written")
+    shown = logs.add_mutually_exclusive_group()
+    shown.add_argument("--raw", action="store_true", help="every line as written (default for the built-in "
+                       "training: progress, its messages and errors)")
+    shown.add_argument("--events", action="store_true", help="only the training's STJOBS_EVENT lines (JSON)")
+
+
 def states(text: str) -> tuple[Any, ...]:
     """``RUNNING,pending`` as job states (any case); one unknown word refuses the lot, naming every state."""
     from stjobs.jobs import State  # only when the flag is given: `render` never loads the job records' module

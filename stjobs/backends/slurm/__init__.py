@@ -4,8 +4,9 @@ One srun task per node runs the shared node launch script (torchrun with ``--npr
 node): never one task per GPU plus torchrun, which makes every GPU visible to several agents. This is the face of
 the backend; the work is in renderer (pure), submission (the only code that submits), control (sacct, squeue,
 scancel), jobfiles (what a job's own files say, once a cluster without accounting has forgotten it) and task
-(what submitit runs on each node). Submission and control are imported on first use, so a render never imports
-submitit.
+(what submitit runs on each node); a job for a login node over ssh (``slurm.remote``) goes through remote_jobs
+(submit, follow) on the ssh transport of remote. Submission and control are imported on first use, so a render
+never imports submitit.
 """
 
 from __future__ import annotations
@@ -26,12 +27,20 @@ __all__ = ["NAME", "cancel", "check", "logs", "output_file", "render", "sbatch_p
 
 
 def check(plan: Plan, **options: Any) -> None:
+    if plan.spec.slurm.remote:
+        from stjobs.backends.slurm import remote_jobs
+
+        return remote_jobs.check(plan, **options)
     from stjobs.backends.slurm import submission
 
     submission.check(plan, **options)
 
 
 def submit(plan: Plan, **options: Any) -> JobRecord:
+    if plan.spec.slurm.remote:  # plain sbatch on the login node: submitit runs sbatch where it runs itself
+        from stjobs.backends.slurm import remote_jobs
+
+        return remote_jobs.submit(plan, **options)
     from stjobs.backends.slurm import submission
 
     return submission.submit(plan, **options)

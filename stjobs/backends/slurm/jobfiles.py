@@ -44,6 +44,11 @@ def slurm_id(record: JobRecord) -> str:
     return str(record.details["slurm_job_id"])
 
 
+def remote_target(record: JobRecord) -> str:
+    """The login node a job was submitted to over ssh (``--remote``), or "" for one submitted here."""
+    return str(record.details.get("remote") or "")
+
+
 def output_files(record: JobRecord) -> list[Path]:
     output = str(record.details["output"])
     if record.details.get("mode") == "submitit":
@@ -53,8 +58,9 @@ def output_files(record: JobRecord) -> list[Path]:
 
 
 def rank0_output(record: JobRecord) -> Path | None:
-    """The file rank 0 writes to: the batch file's output, or submitit's log of the first node's task."""
-    output = record.details.get("output")
+    """The file rank 0 writes to: the batch file's output, or submitit's log of the first node's task (None for a
+    job on a login node: its file is not on this machine)."""
+    output = record.details.get("output") if not remote_target(record) else None
     return Path(str(output)) if output else None
 
 
