@@ -130,6 +130,29 @@ def test_commands_reach_the_login_node_exactly_as_given(laptop: Laptop, monkeypa
 
 
 @cluster
+@pytest.mark.parametrize("rsync", [True, False])
+def test_a_directory_arrives_whole(rsync: bool, laptop: Laptop, tmp_path: Path,
+                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """The job's directory goes by rsync over ssh where both ends have it, else by tar through ssh: the same."""
+    from stjobs.backends.slurm.remote import Remote
+
+    monkeypatch.setenv("STJOBS_SSH_CONFIG", str(laptop.config))
+    files = {"a b.txt": "one", "sub/ünï 'q'": "two", "sub/deeper/$(id).sh": "#!/bin/sh\n"}
+    for name, text in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+    (tmp_path / "sub/deeper/$(id).sh").chmod(0o755)
+    remote = Remote("login")
+    target = remote.run("mktemp -d", "a test").stdout.strip()
+    try:
+        remote.copy_dir(tmp_path, target, rsync)
+        listing = remote.run(f"cd {target} && find . -type f -printf '%P %m\\n' | sort", "a test").stdout
+    finally:
+        remote.run(f"rm -rf {target}", "a test")
+    assert listing.splitlines() == sorted(f"{name} {755 if name.endswith('.sh') else 644}" for name in files)
+
+
+@cluster
 @pytest.mark.parametrize("alias,says", [
     ("login-wrong-key", "the login node's host key is not the one in known_hosts (refused;"),
     ("login-unknown-key", "the login node's host key is not in known_hosts (refused; connect once with `ssh "
@@ -215,15 +238,36 @@ def test_two_nodes_train_submitted_over_ssh(laptop: Laptop, site_model: Path) ->
     print(f"remote submit + 2-node training + status + logs: {time.monotonic() - started:.1f} s")
 
 
+def _sessions_logged() -> int:
+    """Commands the login node's sshd has started so far (one per ssh command, multiplexed or not)."""
+    return (SSHD_STATE / "sshd.log").read_text(errors="replace").count("Starting session: command")
+
+
 @cluster
-def test_cancel_over_ssh(laptop: Laptop, site_model: Path) -> None:
+def test_cancel_over_ssh_with_the_remote_from_the_user_defaults(laptop: Laptop, site_model: Path,
+                                                                tmp_path: Path) -> None:
+    """slurm.remote in the user's defaults file sends every SLURM submit over ssh; status asks for many jobs in
+    one ssh command; cancel runs scancel there."""
     ensure_cluster()
-    job_id = job_of(cli("submit", *remote_job(site_model, 100000, nodes=1), "--remote", "login",
-                        env=laptop.env()).stdout)
+    defaults = tmp_path / "defaults.yaml"
+    defaults.write_text("slurm: {remote: login}\n")
+    env = {**laptop.env(), "STJOBS_DEFAULTS": str(defaults)}
+    job_id = job_of(cli("submit", *remote_job(site_model, 100000, nodes=1), env=env).stdout)
+    assert record_of(job_id)["remote"] == "login"
     deadline = time.monotonic() + 120
     while state_of(job_id, laptop) != "RUNNING":
         assert time.monotonic() < deadline
         time.sleep(1)
+    jobs = Path(os.environ["STJOBS_HOME"], "jobs")
+    for copy in range(3):  # more records of the same job: the listing still asks the login node once
+        shutil.copytree(jobs / job_id, jobs / f"{job_id}-{copy}")
+        record = json.loads((jobs / job_id / "job.json").read_text())
+        (jobs / f"{job_id}-{copy}" / "job.json").write_text(json.dumps({**record, "job_id": f"{job_id}-{copy}"}))
+    before = _sessions_logged()
+    table = cli("status", env=laptop.env()).stdout
+    assert table.count("RUNNING") == 4, table
+    time.sleep(0.5)  # sshd writes its log line as the session starts; let it land
+    assert _sessions_logged() - before == 1
     assert cli("cancel", job_id, env=laptop.env()).stdout.strip() == f"{job_id}: CANCELLED"
     assert state_of(job_id, laptop) == "CANCELLED"
 
