@@ -100,10 +100,13 @@ def laptop(tmp_path_factory: pytest.TempPathFactory) -> Laptop:
     hosts = {"login": ("id_ed25519", "known_hosts", SSHD_PORT), "login-drop": ("id_drop", "known_hosts", SSHD_PORT),
              "login-wrong-key": ("id_ed25519", "wrong_hosts", SSHD_PORT),
              "login-unknown-key": ("id_ed25519", "no_hosts", SSHD_PORT),
-             "login-stranger": ("stranger", "known_hosts", SSHD_PORT), "login-down": ("id_ed25519", "known_hosts", 1)}
+             "login-stranger": ("stranger", "known_hosts", SSHD_PORT), "login-down": ("id_ed25519", "known_hosts", 1),
+             "login-read-only": ("id_ed25519", "known_hosts", SSHD_PORT)}
     config = "".join(f"Host {alias}\n  HostName 127.0.0.1\n  Port {port}\n  User {SITE_USER}\n"
                      f"  IdentityFile {folder / key}\n  IdentitiesOnly yes\n  UserKnownHostsFile {folder / known}\n"
                      "  GlobalKnownHostsFile /dev/null\n" for alias, (key, known, port) in hosts.items())
+    # The login node's STJOBS_HOME (sshd-up.sh accepts it) where the site user may not write: root's directory.
+    config = config.replace("Host login-read-only\n", f"Host login-read-only\n  SetEnv STJOBS_HOME={SSHD_STATE}/jobs\n")
     (folder / "config").write_text(config)
     return Laptop(folder, folder / "config")
 
@@ -159,6 +162,7 @@ def test_a_directory_arrives_whole(rsync: bool, laptop: Laptop, tmp_path: Path,
                           "login-unknown-key` to check and accept it)"),
     ("login-stranger", "authentication failed"),
     ("login-down", "host unreachable (connection refused)"),
+    ("login-read-only", "the job directory ${STJOBS_HOME:-~/.stjobs}/jobs/tiny-ddp-"),
 ])
 def test_what_ssh_refuses_is_one_line(alias: str, says: str, laptop: Laptop) -> None:
     started = time.monotonic()

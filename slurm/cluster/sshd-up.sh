@@ -114,6 +114,9 @@ MaxSessions 32
 MaxStartups 32:30:64
 ClientAliveInterval 15
 LogLevel VERBOSE
+# a client may say where stjobs keeps its jobs on the login node (SetEnv STJOBS_HOME=...): the tests point it at
+# a directory the site user cannot write
+AcceptEnv STJOBS_HOME
 Subsystem sftp internal-sftp
 EOF
 

@@ -25,7 +25,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from stjobs.errors import SubmitError
+from stjobs.errors import EnvError, SubmitError
 from stjobs.jobs import stjobs_home
 
 SSH_CONFIG_ENV = "STJOBS_SSH_CONFIG"  # an ssh -F file used instead of ~/.ssh/config (CI, the tests)
@@ -87,8 +87,7 @@ class Remote:
     def ssh(self, *options: str) -> list[str]:
         """The ssh command line up to the destination: the user's config (or $STJOBS_SSH_CONFIG), stjobs' control
         connection unless theirs is set, and no prompt where no one could answer it."""
-        return ["ssh", *_base_options(os.environ.get(SSH_CONFIG_ENV) or None), *_control_options(self.target),
-                *_batch_options(), *options]
+        return ["ssh", *_base_options(ssh_config()), *_control_options(self.target), *_batch_options(), *options]
 
     def argv(self, command: str) -> list[str]:
         return [*self.ssh(), "--", self.target, command]
@@ -161,7 +160,8 @@ class Remote:
         ssh = self.ssh()
         # rsync splits -e at spaces and honours quotes, but no backslash: such a path goes the tar way.
         if rsync and shutil.which("rsync") and not any("'" in word or "\\" in word for word in ssh):
-            argv = ["rsync", "-a", "--", f"{local}/", f"{self.target}:{remote_dir}/"]
+            # -s: the remote path reaches the remote rsync as one word, even from an old rsync there.
+            argv = ["rsync", "-a", "-s", "--", f"{local}/", f"{self.target}:{remote_dir}/"]
             argv[1:1] = ["-e", join(ssh)]
             done = subprocess.run(argv, capture_output=True, text=True, timeout=600)
             if done.returncode != 0:
@@ -190,6 +190,15 @@ class Remote:
             subprocess.run([*self.ssh("-O", "exit"), "--", self.target], capture_output=True, timeout=30)
 
 
+def ssh_config() -> str | None:
+    """$STJOBS_SSH_CONFIG: a file ssh reads instead of ~/.ssh/config (``ssh -F``); unset or empty, none."""
+    given = os.environ.get(SSH_CONFIG_ENV) or None
+    if given is not None and not os.path.isfile(given):
+        raise EnvError(SSH_CONFIG_ENV, given, "an ssh config file, as ssh -F takes (it is not a file; unset it to "
+                       "use your ~/.ssh/config)")
+    return given
+
+
 def until_stdin_closes(command: str) -> str:
     """``command`` run in the background on the login node and killed once ssh's input ends: a ``tail -F`` there
     must not outlive the ssh here that reads it (no pty: sshd would leave it running, writing to nobody)."""
@@ -215,7 +224,7 @@ def _batch_options() -> list[str]:
 
 
 def _control_options(target: str) -> tuple[str, ...]:
-    return _control_for(target, os.environ.get(SSH_CONFIG_ENV) or None, str(stjobs_home()))
+    return _control_for(target, ssh_config(), str(stjobs_home()))
 
 
 @functools.lru_cache(maxsize=16)
