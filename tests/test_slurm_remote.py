@@ -53,6 +53,25 @@ def test_remote_needs_the_slurm_backend() -> None:
                                    "--backend slurm (--remote submits to a SLURM login node)")
 
 
+def test_logs_follow_gives_up_in_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A login node that stays unreachable: logs -f tries again a bounded number of times, then says so once."""
+    from stjobs.backends.slurm import remote_jobs
+    from stjobs.backends.slurm.remote import ConnectionLost, Remote
+
+    config = tmp_path / "config"
+    config.write_text("Host gone\n  HostName 127.0.0.1\n  Port 1\n")
+    monkeypatch.setenv("STJOBS_SSH_CONFIG", str(config))
+    monkeypatch.setattr(remote_jobs, "FOLLOW_RECONNECTS", 2)
+    waits: list[float] = []
+    monkeypatch.setattr(remote_jobs.time, "sleep", waits.append)
+    with pytest.raises(ConnectionLost) as lost:
+        list(remote_jobs.follow_remote(Remote("gone"), Path("/x/slurm-1.out"), lambda: False, True, None, "job-1"))
+    assert str(lost.value) == ("slurm: ssh gone: connection lost while following the job's output (ssh: connect to "
+                               "host 127.0.0.1 port 1: Connection refused); gave up after 2 reconnects (`stjobs logs "
+                               "job-1 -f` picks it up again)")
+    assert [wait for wait in waits if wait >= 1] == [2.0, 4.0]  # (subprocess polls with short sleeps too)
+
+
 # ---- through the login node's sshd -----------------------------------------------------------------------------
 
 cluster = pytest.mark.slurm

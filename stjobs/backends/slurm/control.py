@@ -244,7 +244,8 @@ def logs(record: JobRecord, follow: bool = False, rank: int | None = None) -> It
     if remote is not None:
         from stjobs.backends.slurm.remote_jobs import follow_remote
 
-        return follow_remote(remote, output_files(record)[0], lambda: status(record).state.finished, follow, rank)
+        return follow_remote(remote, output_files(record)[0], lambda: status(record).state.finished, follow, rank,
+                             record.job_id)
     return follow_files(lambda: output_files(record), lambda: status(record).state.finished, follow, rank)
 
 

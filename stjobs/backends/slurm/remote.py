@@ -220,7 +220,7 @@ def _base_options(config: str | None) -> list[str]:
 def _batch_options() -> list[str]:
     # A passphrase or password can be asked on a terminal (the master connection then serves the rest); without
     # one ssh must fail at once instead of waiting on a prompt no one sees.
-    return [] if sys.stdin.isatty() else ["-o", "BatchMode=yes"]
+    return [] if sys.stdin is not None and sys.stdin.isatty() else ["-o", "BatchMode=yes"]
 
 
 def _control_options(target: str) -> tuple[str, ...]:

@@ -26,7 +26,7 @@ from typing import Any
 
 from stjobs.backends import common
 from stjobs.backends.slurm import renderer as slurm
-from stjobs.backends.slurm.remote import ConnectionLost, Remote, join, quote, until_stdin_closes
+from stjobs.backends.slurm.remote import ConnectionLost, Remote, join, last_line, quote, until_stdin_closes
 from stjobs.backends.slurm.submission import slurm_reason
 from stjobs.errors import SpecError, SubmitError
 from stjobs.jobs import JobRecord, jobs_root, new_job_id
@@ -165,7 +165,7 @@ def _submit_once(remote: Remote, plan: Plan, job_id: str, remote_dir: str) -> st
 
 
 def follow_remote(remote: Remote, path: Path, finished: Callable[[], bool], follow: bool = False,
-                  rank: int | None = None) -> Iterator[str]:
+                  rank: int | None = None, job_id: str = "JOB") -> Iterator[str]:
     """The job's output file on the login node, or one rank's lines of it; with ``follow``, streamed by
     ``tail -F`` there until ``finished()`` says the job has ended. A lost connection is picked up again from the
     byte it broke at, :data:`FOLLOW_RECONNECTS` times in a row at most, then it ends in one line."""
@@ -176,9 +176,10 @@ def follow_remote(remote: Remote, path: Path, finished: Callable[[], bool], foll
         yield from lines.rest()
         return
     failures = 0
+    said: list[str] = []  # what ssh said when a connection ended
     while True:
         ended = got = False
-        stream = _tail_until(remote, path, lines.offset, finished)
+        stream = _tail_until(remote, path, lines.offset, finished, said)
         try:
             for chunk in stream:
                 if chunk is None:
@@ -194,8 +195,10 @@ def follow_remote(remote: Remote, path: Path, finished: Callable[[], bool], foll
             return
         failures = 0 if got else failures + 1
         if failures > FOLLOW_RECONNECTS:
-            raise ConnectionLost(f"slurm: ssh {remote.target}: connection lost while following the job's output "
-                                 f"({FOLLOW_RECONNECTS} reconnects failed); `stjobs logs JOB -f` picks it up again")
+            why = f" ({said[-1]})" if said and said[-1] else ""
+            raise ConnectionLost(f"slurm: ssh {remote.target}: connection lost while following the job's output"
+                                 f"{why}; gave up after {FOLLOW_RECONNECTS} reconnects (`stjobs logs {job_id} -f` "
+                                 "picks it up again)")
         time.sleep(min(2.0 ** failures, 10.0))
 
 
@@ -226,10 +229,11 @@ def _read_from(remote: Remote, path: Path, offset: int) -> bytes:
     return answer.stdout  # a file not there yet (a pending job) is no output
 
 
-def _tail_until(remote: Remote, path: Path, offset: int,
-                finished: Callable[[], bool]) -> Generator[bytes | None, None, None]:
+def _tail_until(remote: Remote, path: Path, offset: int, finished: Callable[[], bool],
+                said: list[str]) -> Generator[bytes | None, None, None]:
     """The file's bytes from ``offset`` as they come, then None once the job has ended; it stops without None
-    when the connection broke. The remote ``tail -F`` ends when this side closes ssh's input."""
+    when the connection broke (what ssh said then goes into ``said``). The remote ``tail -F`` ends when this side
+    closes ssh's input."""
     process = remote.popen(until_stdin_closes(f"tail -c +{offset + 1} -F -- {quote(str(path))} 2>/dev/null"))
     assert process.stdout is not None and process.stdin is not None
     next_look = time.monotonic()
@@ -243,14 +247,18 @@ def _tail_until(remote: Remote, path: Path, offset: int,
             ready, _, _ = select.select([process.stdout], [], [], POLL_S)
             if ready:
                 chunk = os.read(process.stdout.fileno(), 65536)
-                if not chunk:
-                    return  # the connection (or the master it went through) is gone
+                if not chunk:  # the connection (or the master it went through) is gone
+                    said.append(last_line(_stop(process)))
+                    return
                 yield chunk
     finally:
         _stop(process)
 
 
-def _stop(process: subprocess.Popen[bytes]) -> None:
+def _stop(process: subprocess.Popen[bytes]) -> str:
+    """End the local ssh of a tail (closing its input ends the remote tail); what it said on stderr."""
+    if process.returncode is not None:
+        return ""  # stopped already
     if process.stdin is not None:
         with contextlib.suppress(OSError):
             process.stdin.close()
@@ -259,9 +267,11 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
     except subprocess.TimeoutExpired:
         process.kill()
         process.wait()
+    said = process.stderr.read().decode(errors="replace") if process.stderr is not None else ""
     for stream in (process.stdout, process.stderr):
         if stream is not None:
             stream.close()
+    return said
 
 
 def _ended(finished: Callable[[], bool]) -> bool:
