@@ -22,6 +22,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from shlex import quote
 
 import pytest
 
@@ -51,6 +52,48 @@ def test_remote_needs_the_slurm_backend() -> None:
     assert done.returncode == 2
     assert done.stderr.strip() == ("stjobs submit: error: --remote: got --remote with --backend local; expected "
                                    "--backend slurm (--remote submits to a SLURM login node)")
+
+
+def test_the_submit_command_quotes_every_word_and_finds_a_queued_job(tmp_path: Path) -> None:
+    """The command the login node's shell runs, run here by sh with SLURM's commands as shims: a hostile job
+    directory and secret reach sbatch as they are, and a job already queued with the token is found instead of
+    submitted again."""
+    from stjobs.backends.slurm.remote_jobs import submit_command
+
+    spec = stjobs.load_spec(EXAMPLES / "tiny-ddp.yaml", overrides=[("slurm.remote", "login"),
+                                                                   ("python", sys.executable)],
+                            sets=["secrets=[STJOBS_TEST_SECRET]"])
+    plan = slurm.render(spec)
+    remote_dir = tmp_path / "we'ird $(touch pwned) `id` dir"
+    (remote_dir / "code").mkdir(parents=True)
+    shims = tmp_path / "bin"
+    shims.mkdir()
+    said = tmp_path / "sbatch-argv"
+    (shims / "sbatch").write_text(f"#!/bin/sh\nprintf '%s\\0' \"$@\" \"$STJOBS_TEST_SECRET\" >{quote(str(said))}\n"
+                                  "echo 42\n")
+    queued = tmp_path / "queued"
+    (shims / "squeue").write_text(f"#!/bin/sh\ncat {quote(str(queued))} 2>/dev/null\n")
+    (shims / "sacct").write_text("#!/bin/sh\nexit 1\n")
+    for shim in shims.iterdir():
+        shim.chmod(0o755)
+    secret = "it's $(touch pwned) \\ \"x\"\nline two"
+    command = submit_command(plan, "tiny-ddp-1", str(remote_dir))
+
+    def run() -> str:
+        done = subprocess.run(["sh", "-c", command], input=f"export STJOBS_TEST_SECRET={quote(secret)}\n",
+                              capture_output=True, text=True, cwd=tmp_path, timeout=60,
+                              env={**os.environ, "PATH": f"{shims}:{os.environ['PATH']}"})
+        assert done.returncode == 0, done.stderr
+        return done.stdout.strip()
+
+    assert run() == "42"
+    assert said.read_text().split("\0")[:-1] == [
+        "--parsable", "--comment=stjobs:tiny-ddp-1", f"--output={remote_dir}/slurm-%j.out",
+        f"--export=ALL,STJOBS_JOB_DIR={remote_dir}", "job.sbatch", secret]
+    assert not list(tmp_path.rglob("pwned"))
+    said.unlink()
+    queued.write_text("41|stjobs:tiny-ddp-0\n43|stjobs:tiny-ddp-1\n")  # a retry: the job is there already
+    assert run() == "found 43" and not said.exists()
 
 
 def test_logs_follow_gives_up_in_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

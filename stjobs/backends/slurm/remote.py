@@ -24,6 +24,7 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from stjobs.errors import EnvError, SubmitError
 from stjobs.jobs import stjobs_home
@@ -96,14 +97,7 @@ class Remote:
             ok: Sequence[int] = (0,)) -> subprocess.CompletedProcess[str]:
         """Run ``command`` (a shell string) on the login node; ``what`` names it in errors. A remote exit status
         outside ``ok`` is a SubmitError with its last line of stderr; ssh's own failures are as above."""
-        try:
-            done = subprocess.run(self.argv(command), input=stdin, capture_output=True, text=True,
-                                  timeout=timeout_s)
-        except FileNotFoundError:
-            raise RemoteRefused(f"slurm: --remote {self.target}: no ssh client on this machine (install OpenSSH)"
-                                ) from None
-        except subprocess.TimeoutExpired:
-            raise ConnectionLost(f"slurm: ssh {self.target}: {what} did not answer in {timeout_s:.0f} s") from None
+        done = self._run(self.argv(command), what, timeout_s, input=stdin, text=True)
         if done.returncode == SSH_FAILED:
             raise self.failure(done.stderr, what)
         if done.returncode not in ok:
@@ -121,11 +115,7 @@ class Remote:
         for index in range(len(commands)):
             lines.append(f'printf "%s %s %s\\n" "$(cat "$stjobs_t/{index}.rc")" "$(wc -c <"$stjobs_t/{index}.out")" '
                          f'"$(wc -c <"$stjobs_t/{index}.err")"; cat "$stjobs_t/{index}.out" "$stjobs_t/{index}.err"')
-        try:
-            done = subprocess.run(self.argv("\n".join(lines)), capture_output=True, timeout=timeout_s,
-                                  stdin=subprocess.DEVNULL)
-        except subprocess.TimeoutExpired:
-            raise ConnectionLost(f"slurm: ssh {self.target}: {what} did not answer in {timeout_s:.0f} s") from None
+        done = self._run(self.argv("\n".join(lines)), what, timeout_s, stdin=subprocess.DEVNULL)
         if done.returncode == SSH_FAILED:
             raise self.failure(done.stderr.decode(errors="replace"), what)
         answers, rest = [], done.stdout
@@ -139,6 +129,15 @@ class Remote:
             answers.append(Answer(code, rest[:out], rest[out:out + err]))
             rest = rest[out + err:]
         return answers
+
+    def _run(self, argv: list[str], what: str, timeout_s: float, **options: Any) -> subprocess.CompletedProcess[Any]:
+        try:
+            return subprocess.run(argv, capture_output=True, timeout=timeout_s, **options)
+        except FileNotFoundError:
+            raise RemoteRefused(f"slurm: --remote {self.target}: no ssh client on this machine (install OpenSSH)"
+                                ) from None
+        except subprocess.TimeoutExpired:
+            raise ConnectionLost(f"slurm: ssh {self.target}: {what} did not answer in {timeout_s:.0f} s") from None
 
     def failure(self, stderr: str, what: str) -> SubmitError:
         """ssh's exit 255 as one line: refused (unreachable, authentication, host key) or the connection lost."""
