@@ -338,6 +338,26 @@ def test_cancel_over_ssh_with_the_remote_from_the_user_defaults(laptop: Laptop, 
     assert state_of(job_id, laptop) == "CANCELLED"
 
 
+@cluster
+@pytest.mark.parametrize("flags,code,says", [
+    (["--set", "slurm.partition=nope"], 1, "stjobs: error: slurm: submission refused: Invalid partition name "
+                                           "specified"),
+    (["--set", "python=/usr/bin/python3"], 2, "stjobs: error: python: got '/usr/bin/python3'; expected an "
+                                              "interpreter on the login node that can import torch"),
+])
+def test_a_refusal_on_the_login_node_is_one_line_and_leaves_nothing(flags: list[str], code: int, says: str,
+                                                                    laptop: Laptop, site_model: Path) -> None:
+    ensure_cluster()
+    before = set((SITE_HOME / ".stjobs" / "jobs").glob("two-nodes-*"))
+    done = cli("submit", *remote_job(site_model, 10, nodes=1), *flags, "--remote", "login", check=False,
+               env=laptop.env())
+    assert done.returncode == code and done.stdout == ""
+    assert done.stderr.count("\n") == 1 and done.stderr.startswith(says), done.stderr
+    jobs = Path(os.environ["STJOBS_HOME"], "jobs")
+    assert not jobs.exists() or list(jobs.iterdir()) == [], "nothing half-submitted here"
+    assert set((SITE_HOME / ".stjobs" / "jobs").glob("two-nodes-*")) == before, "nor on the login node"
+
+
 def _master_pid(laptop: Laptop) -> int:
     said = laptop.ssh("-O", "check", "login").stderr
     found = re.search(r"pid=(\d+)", said)
