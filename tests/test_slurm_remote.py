@@ -358,6 +358,18 @@ def test_a_refusal_on_the_login_node_is_one_line_and_leaves_nothing(flags: list[
     assert set((SITE_HOME / ".stjobs" / "jobs").glob("two-nodes-*")) == before, "nor on the login node"
 
 
+@cluster
+def test_a_failed_remote_job_says_why_from_its_output_on_the_login_node(laptop: Laptop) -> None:
+    ensure_cluster()
+    done = cli("submit", *remote_job(Path("/var/tmp/no-such-model"), 10, nodes=1), "--remote", "login", "--wait",
+               check=False, env=laptop.env())
+    assert done.returncode == 1, done.stderr
+    job_id = job_of(done.stdout)
+    reason = json.loads(cli("status", job_id, "--json", env=laptop.env()).stdout)["reason"]
+    assert reason.startswith("rank 0: stjobs.train: error: --model: got '/var/tmp/no-such-model'"), reason
+    assert "n1: task 0: Exited with exit code 1" in reason or "n2: task 0: Exited with exit code 1" in reason
+
+
 def _master_pid(laptop: Laptop) -> int:
     said = laptop.ssh("-O", "check", "login").stderr
     found = re.search(r"pid=(\d+)", said)

@@ -126,6 +126,8 @@ def _ask(ids: list[str], query: Query) -> tuple[dict[str, list[Run]], dict[str, 
     """sacct's runs and squeue's lines for ``ids``, both commands running at once (the listing costs the slower
     of the two, not their sum), and squeue's failure as text."""
     joined = ",".join(ids)
+    # Both are started before either is waited for; a sacct that fails still lets squeue finish (its answer is
+    # dropped), which costs nothing when both fail fast, as they do with the controller down.
     sacct, squeue = query([["sacct", "-j", joined, "-X", "--duplicates", "-n", "-P", "-o", "JobIDRaw,State,ExitCode"],
                            ["squeue", "-h", "-j", joined, "-o", "%i|%T|%r"]])
     runs = _parse_sacct(_text(sacct))
