@@ -54,6 +54,22 @@ def test_remote_needs_the_slurm_backend() -> None:
                                    "--backend slurm (--remote submits to a SLURM login node)")
 
 
+def test_one_master_connection_of_stjobs_own_unless_the_users_config_has_one(tmp_path: Path,
+                                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    from stjobs.backends.slurm.remote import Remote
+
+    config = tmp_path / "config"
+    config.write_text(f"Host theirs\n  ControlMaster auto\n  ControlPath {tmp_path}/cm-%C\nHost plain\n")
+    monkeypatch.setenv("STJOBS_SSH_CONFIG", str(config))
+    plain, theirs = Remote("plain").ssh(), Remote("theirs").ssh()
+    home = Path(os.environ["STJOBS_HOME"])
+    assert f"ControlPath={home}/ssh/%C" in plain and "ControlPersist=300" in plain
+    assert not any(word.startswith(("ControlPath", "ControlPersist")) for word in theirs)
+    assert (home / "ssh").stat().st_mode & 0o777 == 0o700
+    assert ["-F", str(config)] == plain[1:3] and "BatchMode=yes" in plain  # no terminal here: never a prompt
+    assert not any("StrictHostKeyChecking" in word for word in plain + theirs)
+
+
 def test_the_submit_command_quotes_every_word_and_finds_a_queued_job(tmp_path: Path) -> None:
     """The command the login node's shell runs, run here by sh with SLURM's commands as shims: a hostile job
     directory and secret reach sbatch as they are, and a job already queued with the token is found instead of
