@@ -19,10 +19,11 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from shlex import quote
+from typing import TypeVar
 
 import pytest
 
@@ -36,6 +37,7 @@ from tests.slurm_cluster import NODES, PARTITION, SITE_HOME, SITE_PYTHON, SITE_U
 SSHD_UP = REPO / "slurm" / "cluster" / "sshd-up.sh"
 SSHD_STATE = Path(os.environ.get("STJOBS_SSHD_STATE", "/var/lib/stjobs-sshd"))
 SSHD_PORT = int(os.environ.get("STJOBS_SSHD_PORT", "16822"))
+T = TypeVar("T")
 
 
 def test_remote_is_an_ssh_destination_never_an_option() -> None:
@@ -190,12 +192,18 @@ def laptop(tmp_path_factory: pytest.TempPathFactory) -> Laptop:
 
 
 @pytest.fixture(autouse=True)
-def _close_masters() -> Iterator[None]:
-    """The master connections a test opened end with it (their ControlPersist would keep them minutes)."""
+def _clean_up() -> Iterator[None]:
+    """The master connections a test opened end with it (their ControlPersist would keep them minutes), and the
+    copies its jobs left in the site user's home go (only those its own records name: others use that home)."""
     yield
-    for socket in (Path(os.environ["STJOBS_HOME"]) / "ssh").glob("*"):
+    home = Path(os.environ["STJOBS_HOME"])
+    for socket in (home / "ssh").glob("*"):
         subprocess.run(["ssh", "-o", f"ControlPath={socket}", "-O", "exit", "unused"], capture_output=True,
                        timeout=30, check=False)
+    for record in (home / "jobs").glob("*/job.json"):
+        copy = Path(str(json.loads(record.read_text())["details"].get("remote_job_dir", "")))
+        if copy.is_absolute() and copy.parent == SITE_HOME / ".stjobs" / "jobs":
+            shutil.rmtree(copy, ignore_errors=True)
 
 
 @cluster
@@ -386,11 +394,17 @@ def test_a_failed_remote_job_says_why_from_its_output_on_the_login_node(laptop: 
     assert "n1: task 0: Exited with exit code 1" in reason or "n2: task 0: Exited with exit code 1" in reason
 
 
-def _master_pid(laptop: Laptop) -> int:
-    said = laptop.ssh("-O", "check", "login").stderr
-    found = re.search(r"pid=(\d+)", said)
-    assert found, said
-    return int(found.group(1))
+def _master_pid(laptop: Laptop) -> int | None:
+    found = re.search(r"pid=(\d+)", laptop.ssh("-O", "check", "login").stderr)
+    return int(found.group(1)) if found else None
+
+
+def _soon(what: Callable[[], T | None], timeout_s: float = 60) -> T:
+    deadline = time.monotonic() + timeout_s
+    while not (found := what()):
+        assert time.monotonic() < deadline, f"not within {timeout_s} s: {what}"
+        time.sleep(0.2)
+    return found
 
 
 def _session_pids() -> list[int]:
@@ -444,11 +458,11 @@ def test_logs_follow_picks_up_after_the_connection_is_lost(laptop: Laptop, site_
 
     try:
         read_until(2)
-        os.kill(_master_pid(laptop), signal.SIGKILL)  # this side's one connection, as a laptop losing its Wi-Fi
+        lost = _soon(lambda: _master_pid(laptop))
+        os.kill(lost, signal.SIGKILL)  # this side's one connection, as a laptop losing its Wi-Fi
+        _soon(lambda: (_master_pid(laptop) or lost) != lost)  # connected again
         read_until(seen.count('"event":"loss"') + 2)
-        sessions = _session_pids()
-        assert sessions
-        for pid in sessions:  # the login node's side of it
+        for pid in _soon(_session_pids):  # now the login node's side of it
             os.kill(pid, signal.SIGKILL)
         rest, errors = follower.communicate(timeout=300)
     finally:
