@@ -32,6 +32,7 @@ from stjobs.jobs import stjobs_home
 SSH_CONFIG_ENV = "STJOBS_SSH_CONFIG"  # an ssh -F file used instead of ~/.ssh/config (CI, the tests)
 CONTROL_PERSIST_S = 300  # how long stjobs' master connection stays after its last command
 CONNECT_TIMEOUT_S = 20
+COPY_TIMEOUT_S = 600  # the job's files and code (snapshot.max_mb, 200 MB by default)
 ALIVE_INTERVAL_S = 10  # a connection that stops answering is noticed within ~3 of these, not at TCP's timeout
 SSH_FAILED = 255  # ssh's own exit status; anything else is the remote command's
 # ssh's words for failures that trying again will not fix, and what they mean for the user.
@@ -162,14 +163,14 @@ class Remote:
             # -s: the remote path reaches the remote rsync as one word, even from an old rsync there.
             argv = ["rsync", "-a", "-s", "--", f"{local}/", f"{self.target}:{remote_dir}/"]
             argv[1:1] = ["-e", join(ssh)]
-            done = subprocess.run(argv, capture_output=True, text=True, timeout=600)
+            done = self._run(argv, f"the copy to {remote_dir}", COPY_TIMEOUT_S, text=True)
             if done.returncode != 0:
                 raise self._copy_failure(done.stderr, remote_dir)
             return
         tar = subprocess.Popen(["tar", "-C", str(local), "-cf", "-", "."], stdout=subprocess.PIPE)
         try:
-            done = subprocess.run(self.argv(f"tar -C {quote(remote_dir)} -xf -"), stdin=tar.stdout,
-                                  capture_output=True, text=True, timeout=600)
+            done = self._run(self.argv(f"tar -C {quote(remote_dir)} -xf -"), f"the copy to {remote_dir}",
+                             COPY_TIMEOUT_S, stdin=tar.stdout, text=True)
         finally:
             if tar.stdout is not None:
                 tar.stdout.close()
@@ -182,12 +183,6 @@ class Remote:
             return self.failure(stderr, f"the copy to {remote_dir}")
         return SubmitError(f"slurm: ssh {self.target}: copying the job to {remote_dir} on the login node failed: "
                            f"{last_line(stderr)}")
-
-    def close(self) -> None:
-        """End stjobs' master connection to this host, if there is one (its ControlPersist would end it later)."""
-        if _control_options(self.target):
-            subprocess.run([*self.ssh("-O", "exit"), "--", self.target], capture_output=True, timeout=30)
-
 
 def ssh_config() -> str | None:
     """$STJOBS_SSH_CONFIG: a file ssh reads instead of ~/.ssh/config (``ssh -F``); unset or empty, none."""
