@@ -32,11 +32,18 @@ from stjobs.backends.slurm import renderer as slurm
 from stjobs.errors import SpecError
 from stjobs.train.events import parse_events
 from tests.conftest import EXAMPLES, REPO, VENV_BIN, cli, job_of, offline_env, stjobs_bin
-from tests.slurm_cluster import NODES, PARTITION, SITE_HOME, SITE_PYTHON, SITE_USER, ensure_cluster
+from tests.slurm_cluster import (
+    NODES,
+    PARTITION,
+    SITE_HOME,
+    SITE_PYTHON,
+    SITE_USER,
+    SSHD_PORT,
+    SSHD_STATE,
+    ensure_cluster,
+    ensure_login_node,
+)
 
-SSHD_UP = REPO / "slurm" / "cluster" / "sshd-up.sh"
-SSHD_STATE = Path(os.environ.get("STJOBS_SSHD_STATE", "/var/lib/stjobs-sshd"))
-SSHD_PORT = int(os.environ.get("STJOBS_SSHD_PORT", "16822"))
 T = TypeVar("T")
 
 
@@ -154,18 +161,9 @@ class Laptop:
                               capture_output=True, text=True, timeout=30)
 
 
-def _sshd_answers() -> bool:
-    done = subprocess.run(["ssh-keyscan", "-T", "2", "-p", str(SSHD_PORT), "127.0.0.1"], capture_output=True,
-                          text=True, timeout=15, check=False) if shutil.which("ssh-keyscan") else None
-    return done is not None and "ssh-ed25519" in done.stdout
-
-
 @pytest.fixture(scope="module")
 def laptop(tmp_path_factory: pytest.TempPathFactory) -> Laptop:
-    if not _sshd_answers():
-        if os.geteuid() != 0:
-            pytest.fail(f"the test login node is not up and starting it needs root: sudo {SSHD_UP}")
-        subprocess.run(["bash", str(SSHD_UP)], check=True, capture_output=True, timeout=600)
+    ensure_login_node()
     folder = tmp_path_factory.mktemp("laptop")
     for key in ("id_ed25519", "id_drop"):
         shutil.copy(SSHD_STATE / "client" / key, folder / key)
