@@ -316,6 +316,11 @@ def test_two_nodes_train_submitted_over_ssh(laptop: Laptop, site_model: Path) ->
     assert state_of(job_id, laptop) == "COMPLETED"
     table = cli("status", env=laptop.env()).stdout
     assert job_id in table and "COMPLETED" in table
+    # Its progress, from the tail of its output that the status queries brought back (in their ssh command).
+    progress = json.loads(cli("status", job_id, "--json", env=laptop.env()).stdout)["progress"]
+    assert progress["step"] == 30 and progress["total"] == 30, progress
+    job_dir = Path(os.environ["STJOBS_HOME"], "jobs", job_id)
+    assert (job_dir / "remote-output.stage").read_text() == "final"  # a finished job's tail is not fetched again
     events = parse_events(cli("logs", job_id, "--raw", env=laptop.env()).stdout)  # read over ssh
     starts = [e for e in events if e["event"] == "start"]
     assert sorted(e["rank"] for e in starts) == [0, 1] and {e["node"] for e in starts} == set(NODES)

@@ -90,7 +90,13 @@ def statuses(records: Sequence[JobRecord]) -> list[JobStatus]:
 def _statuses_on(remote: Remote | None, records: list[JobRecord]) -> list[JobStatus]:
     """:func:`statuses` of jobs of one cluster: this machine's (``remote`` None) or a login node's."""
     ids = [slurm_id(record) for record in records]
-    query = functools.partial(_query, remote)
+    query: Query = functools.partial(_query, remote)
+    tails = None
+    if remote is not None:  # the tails the progress is read from come back in the same ssh command
+        from stjobs.backends.slurm.remote_jobs import OutputTails
+
+        tails = OutputTails(records)
+        query = tails.along(query)
     runs: dict[str, list[Run]] = {}
     queued: dict[str, tuple[str, str]] = {}
     queue_errors: dict[str, str] = {}  # job id -> why squeue could not be asked about it
@@ -111,10 +117,14 @@ def _statuses_on(remote: Remote | None, records: list[JobRecord]) -> list[JobSta
         except SubmitError as error:
             queue_errors.update(dict.fromkeys(chunk, str(error)))
     if remembered is not None:
-        return [_judge_unaccounted(record, remembered.get(job), queue_errors.get(job, ""), remote)
-                for record, job in zip(records, ids, strict=True)]
-    return [_judge(record, runs.get(job, []), queued.get(job), queue_errors.get(job, ""), remote)
-            for record, job in zip(records, ids, strict=True)]
+        judged = [_judge_unaccounted(record, remembered.get(job), queue_errors.get(job, ""), remote)
+                  for record, job in zip(records, ids, strict=True)]
+    else:
+        judged = [_judge(record, runs.get(job, []), queued.get(job), queue_errors.get(job, ""), remote)
+                  for record, job in zip(records, ids, strict=True)]
+    if tails is not None:
+        tails.settle(judged)
+    return judged
 
 
 def _chunks(ids: list[str]) -> Iterator[list[str]]:

@@ -19,18 +19,20 @@ import select
 import shutil
 import subprocess
 import time
-from collections.abc import Callable, Generator, Iterator
+from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from stjobs.backends import common
 from stjobs.backends.slurm import renderer as slurm
+from stjobs.backends.slurm.jobfiles import OUTPUT_TAIL, OUTPUT_TAIL_STAGE, output_files
 from stjobs.backends.slurm.remote import ConnectionLost, Remote, join, last_line, quote, until_stdin_closes
 from stjobs.backends.slurm.submission import slurm_reason
 from stjobs.errors import SpecError, SubmitError
-from stjobs.jobs import JobRecord, jobs_root, new_job_id
+from stjobs.jobs import JobRecord, JobStatus, jobs_root, new_job_id
 from stjobs.plan import Plan, write_plan
+from stjobs.progress import TAIL_BYTES as PROGRESS_TAIL_BYTES
 from stjobs.snapshot import CODE_DIR, copy_snapshot, plan_snapshot, snapshot_details
 
 TOKEN_PREFIX = "stjobs:"  # the job's SLURM comment: stjobs:<job id>
@@ -200,6 +202,51 @@ def follow_remote(remote: Remote, path: Path, finished: Callable[[], bool], foll
                                  f"{why}; gave up after {FOLLOW_RECONNECTS} reconnects (`stjobs logs {job_id} -f` "
                                  "picks it up again)")
         time.sleep(min(2.0 ** failures, 10.0))
+
+
+class OutputTails:
+    """The tail of each remote job's output file, brought back with the status queries (inside their one ssh
+    command: :meth:`along`) into the job's directory here (``jobfiles.OUTPUT_TAIL``), where ``stjobs status`` reads
+    its progress from. A finished job's tail is fetched once more after its end was seen (the last lines may land
+    as SLURM reports it ended), then never again."""
+
+    def __init__(self, records: Sequence[JobRecord]) -> None:
+        self.wanted = [record for record in records if _stage(record) != "final"]
+        self.asked = False
+
+    def along(self, query: Callable[[list[list[str]]], list[Any]]) -> Callable[[list[list[str]]], list[Any]]:
+        def ask(commands: list[list[str]]) -> list[Any]:
+            if self.asked or not self.wanted:
+                return query(commands)
+            self.asked = True
+            tails = [["tail", "-c", str(PROGRESS_TAIL_BYTES), str(output_files(record)[0])] for record in self.wanted]
+            answers = query(commands + tails)
+            for record, answer in zip(self.wanted, answers[len(commands):], strict=True):
+                if answer.code == 0:
+                    _write(Path(record.job_dir) / OUTPUT_TAIL, answer.stdout)
+            return answers[:len(commands)]
+        return ask
+
+    def settle(self, statuses: Sequence[JobStatus]) -> None:
+        """After the statuses are known: a finished job's tail needs one more fetch ("ended"), then none."""
+        for status in statuses:
+            if self.asked and status.record in self.wanted and status.state.finished:
+                _write(Path(status.record.job_dir) / OUTPUT_TAIL_STAGE,
+                       "final" if _stage(status.record) == "ended" else "ended")
+
+
+def _stage(record: JobRecord) -> str:
+    try:
+        return (Path(record.job_dir) / OUTPUT_TAIL_STAGE).read_text(encoding="utf-8").strip()
+    except OSError:
+        return ""
+
+
+def _write(path: Path, text: str) -> None:
+    with contextlib.suppress(OSError):  # not ours to write: the status is right, only its progress is not kept
+        partial = path.with_name(f".{path.name}.{os.getpid()}")
+        partial.write_text(text, encoding="utf-8", newline="\n")
+        partial.replace(path)
 
 
 class _Lines:
