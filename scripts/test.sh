@@ -15,8 +15,11 @@ if [[ $EUID -eq 0 ]]; then
   # The site user's venv (slurm/cluster/up.sh) shares this project's installed packages.
   STJOBS_PROJECT_SITE_PACKAGES=$(.venv/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])') \
     slurm/cluster/up.sh
-  trap 'slurm/cluster/down.sh >/dev/null 2>&1 || true' EXIT
+  trap 'slurm/cluster/sshd-down.sh >/dev/null 2>&1 || true; slurm/cluster/down.sh >/dev/null 2>&1 || true' EXIT
   slurm/cluster/up.sh --no-accounting   # beside it, a cluster without accounting (tests/test_slurm_noacct.py)
+  # Its login node: a separate sshd on loopback (installs Debian's openssh-server), for --remote over ssh
+  # (tests/test_slurm_remote.py).
+  slurm/cluster/sshd-up.sh
 fi
 .venv/bin/python -m mypy --strict stjobs
 .venv/bin/python -m ruff check stjobs tests benchmarks

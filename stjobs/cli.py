@@ -14,9 +14,9 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from stjobs import __version__, api
+from stjobs import __version__, api, cliparse
 from stjobs.backends import BACKENDS
-from stjobs.cliparse import SHELLS, Parser, bench_arguments, clean_arguments, completion_script, unknown_flag_hint
+from stjobs.cliparse import SHELLS, Parser, UsageFailure, bench_arguments, clean_arguments
 from stjobs.config import DEFAULT_SPEC, SPEC_FLAGS, Override, explain_spec, load_spec, spec_file
 from stjobs.errors import EnvError, StjobsError
 from stjobs.jobs import Cleaned, clean_summary, remove_cleaned
@@ -53,6 +53,7 @@ def spec_inputs(args: argparse.Namespace) -> tuple[str | None, list[Override], l
     """The spec file, the flags' overrides and the --set items a command's spec is made of."""
     overrides: list[Override] = [(field, getattr(args, field)) for _, field, _ in SPEC_FLAGS
                                  if getattr(args, field) is not None]
+    overrides += [("slurm.remote", args.remote)] if getattr(args, "remote", None) else []  # submit's --remote
     command = " ".join(filter(None, (args.command, getattr(args, "image_command", None))))
     return spec_file(args.spec, overrides, args.sets, command), overrides, args.sets
 
@@ -69,11 +70,9 @@ def explained(args: argparse.Namespace) -> str:
 
 
 def cmd_render(args: argparse.Namespace) -> int:
-    from stjobs.cliparse import render_refusal
+    from stjobs.cliparse import check_render_flags
 
-    refusal = render_refusal(args)
-    if refusal:
-        raise UsageFailure(refusal)
+    check_render_flags(args)
     spec = spec_from(args)
     if args.dry_run:
         print(api.render_job(spec, args.backend, k8s_schemas(args)).describe(), end="")
@@ -87,9 +86,9 @@ def cmd_render(args: argparse.Namespace) -> int:
 
 def cmd_submit(args: argparse.Namespace) -> int:
     options = {"sbatch": True} if args.sbatch else {}
-    if args.sbatch and args.backend != "slurm":
-        raise UsageFailure(f"--sbatch: got --sbatch with --backend {args.backend}; expected --backend slurm "
-                           "(--sbatch submits with plain sbatch)")
+    from stjobs.cliparse import check_submit_flags
+
+    check_submit_flags(args)
     record = api.submit(spec_from(args), args.backend, k8s_schemas(args), after=args.after,
                         if_dependency_fails=args.if_dependency_fails, **options)
     from stjobs.sweep_jobs import results_table, submitted_line
@@ -121,11 +120,9 @@ def _warn_strategy(job_id: str) -> None:
 
 def cmd_status(args: argparse.Namespace) -> int:
     from stjobs import statustable
-    from stjobs.cliparse import status_refusal
+    from stjobs.cliparse import check_status_flags
 
-    refusal = status_refusal(args)
-    if refusal:
-        raise UsageFailure(refusal)
+    check_status_flags(args)
     query = functools.partial(api.status_rows, args.job_id, args.state, args.backend, args.name)
     if args.watch is not None:
         return statustable.watch(query, args.watch)
@@ -224,10 +221,6 @@ def cmd_schema(args: argparse.Namespace) -> int:
     return 0
 
 
-class UsageFailure(Exception):
-    """A command's own flags do not fit together; printed as ``stjobs COMMAND: error: ...``, exit code 2."""
-
-
 def _spec_arguments(parser: argparse.ArgumentParser, backend: bool = True) -> None:
     parser.add_argument("spec", nargs="?", metavar="SPEC", help=f"job spec YAML (default: ./{DEFAULT_SPEC})")
     if backend:
@@ -257,6 +250,8 @@ def _submit_parser(submit: argparse.ArgumentParser) -> None:
     submit.add_argument("--follow", "-f", action="store_true", help="stream the output until the job ends")
     submit.add_argument("--sbatch", action="store_true",
                         help="slurm: submit the rendered batch file with plain sbatch instead of submitit")
+    submit.add_argument("--remote", metavar="[USER@]HOST", default=None, help="slurm: submit over ssh to this "
+                        "login node with plain sbatch there (spec field slurm.remote)")
     from stjobs.cliparse import after_arguments
 
     after_arguments(submit)
@@ -315,7 +310,7 @@ def _schema_parser(schema: argparse.ArgumentParser) -> None:
 
 
 def cmd_completion(args: argparse.Namespace) -> int:
-    print(completion_script(build_parser(), args.shell), end="")
+    print(cliparse.completion_script(build_parser(), args.shell), end="")
     return 0
 
 
@@ -369,7 +364,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return done.code if isinstance(done.code, int) else 2
     if extra:
         prog = f"stjobs {args.command}"
-        hint = unknown_flag_hint(parser, args, extra)
+        hint = cliparse.unknown_flag_hint(parser, args, extra)
         print(f"{prog}: error: arguments: got {' '.join(extra)!r}; expected only the options of {prog} "
               f"({hint + ' ' if hint else ''}see {prog} --help)", file=sys.stderr)
         return 2

@@ -200,25 +200,36 @@ def _dependency(kind: str) -> Callable[[str], tuple[str, str]]:
     return lambda job: (kind, job)
 
 
-def status_refusal(args: argparse.Namespace) -> str | None:
-    """What ``stjobs status`` refuses in its flags, as one line; None when they go together."""
+class UsageFailure(Exception):
+    """A command's own flags do not fit together; printed as ``stjobs COMMAND: error: ...``, exit code 2."""
+
+
+def check_submit_flags(args: argparse.Namespace) -> None:
+    """What ``stjobs submit`` refuses in its flags, as one line."""
+    for flag, why in (("--sbatch", "submits with plain sbatch"), ("--remote", "submits to a SLURM login node")):
+        if getattr(args, flag[2:]) and args.backend != "slurm":
+            raise UsageFailure(f"{flag}: got {flag} with --backend {args.backend}; expected --backend slurm "
+                               f"({flag} {why})")
+
+
+def check_status_flags(args: argparse.Namespace) -> None:
+    """What ``stjobs status`` refuses in its flags, as one line."""
     if args.plot is not None and (not args.job_id or args.watch is not None):
-        return (f"--plot: got --plot without {'a JOB' if not args.job_id else 'leaving out --watch'}; expected "
-                "stjobs status JOB --plot [FILE.png] (or stjobs plot JOB)")
+        raise UsageFailure(f"--plot: got --plot without {'a JOB' if not args.job_id else 'leaving out --watch'}; "
+                           "expected stjobs status JOB --plot [FILE.png] (or stjobs plot JOB)")
     if args.watch is not None and args.json:
-        return (f"--watch: got --watch with --json; expected one of them (--json prints each job once, for "
-                f"scripts: run it every {args.watch:g} s yourself)")
-    return None
+        raise UsageFailure(f"--watch: got --watch with --json; expected one of them (--json prints each job once, "
+                           f"for scripts: run it every {args.watch:g} s yourself)")
 
 
-def render_refusal(args: argparse.Namespace) -> str | None:
-    """What ``stjobs render`` refuses in its flags, as one line; None when they go together."""
+def check_render_flags(args: argparse.Namespace) -> None:
+    """What ``stjobs render`` refuses in its flags, as one line."""
     if args.dry_run and args.output is not None:
-        return (f"--dry-run: got -o {args.output!r} as well; expected one of them: --dry-run prints the plan and "
-                "writes nothing, -o DIR writes the files")
+        raise UsageFailure(f"--dry-run: got -o {args.output!r} as well; expected one of them: --dry-run prints the "
+                           "plan and writes nothing, -o DIR writes the files")
     if args.dry_run and args.force:
-        return ("--force: got --force with --dry-run; expected -o DIR (--force replaces an output directory, and "
-                "--dry-run writes none)")
+        raise UsageFailure("--force: got --force with --dry-run; expected -o DIR (--force replaces an output "
+                           "directory, and --dry-run writes none)")
     if args.output is None and not args.dry_run and not args.explain:
-        return "--output: got nothing; expected -o DIR to write the files, or --dry-run to only print the plan"
-    return None
+        raise UsageFailure("--output: got nothing; expected -o DIR to write the files, or --dry-run to only print "
+                           "the plan")

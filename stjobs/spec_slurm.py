@@ -17,6 +17,9 @@ PARTITIONS_PATTERN = r"[\w.-]+(,[\w.-]+)*"
 CONSTRAINT_PATTERN = r"[A-Za-z0-9_.&|!*,:()\[\]@+-]+"
 # Mount paths end up inside double quotes next to run-time variables: no quote, '$' or space can appear.
 MOUNT_PATTERN = r"[A-Za-z0-9_./@+-]+:[A-Za-z0-9_./@+-]+(:[a-z]+)?"
+# ssh's destination: a Host alias of the user's ssh config, a host, or user@host. Never a leading '-' (ssh would
+# read an option) and nothing a shell or rsync's host:path would split.
+REMOTE_PATTERN = r"([A-Za-z0-9_][A-Za-z0-9._-]*@)?[A-Za-z0-9_][A-Za-z0-9._-]*"
 
 
 class GpuRequest(str, Enum):
@@ -66,3 +69,6 @@ class SlurmOptions:
     mpi: str | None = spec_field(Nullable(Text("an srun --mpi plugin name, e.g. pmix", SLURM_NAME, 50)), None)
     gpu_request: GpuRequest = spec_field(Choice(GpuRequest), GpuRequest.gpus_per_node,
                                          doc="how gpu_type is asked for: gpus-per-node, gres, constraint")
+    remote: str | None = spec_field(Nullable(Text("a login node as ssh names it: a Host alias of your ssh config, "
+                                                  "host or user@host", REMOTE_PATTERN, 255)), None,
+                                    doc="submit over ssh to this login node (plain sbatch there); null: here")

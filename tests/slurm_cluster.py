@@ -1,4 +1,4 @@
-"""Helpers for tests that need the real 2-node SLURM test cluster (slurm/cluster/up.sh).
+r"""Helpers for tests that need the real 2-node SLURM test cluster (slurm/cluster/up.sh).
 
 No tests in here. Typical use in a test module::
 
@@ -17,6 +17,10 @@ task/affinity; two fake ``v100`` GPUs each as GRES), partition ``gpu`` that jobs
 A second cluster runs beside it without accounting (``up.sh --no-accounting``: no slurmdbd, ``sacct`` disabled,
 slurmctld forgets a finished job after :data:`NOACCT_MIN_JOB_AGE_S`), nodes n3/n4, same partition ``gpu``;
 clients reach it through ``SLURM_CONF`` (:func:`noacct_env`), and :func:`ensure_noacct_cluster` starts it.
+
+Its login node, reached over SSH as a laptop reaches a site's (slurm/cluster/sshd-up.sh: a separate sshd on
+127.0.0.1:\ :data:`SSHD_PORT`, key authentication only, as the site user): :func:`ensure_login_node` starts it;
+its host key and the client keys the tests use are under :data:`SSHD_STATE`.
 """
 
 from __future__ import annotations
@@ -55,6 +59,12 @@ NOACCT_CONF = Path("/etc/slurm-noacct/slurm.conf")
 NOACCT_STATE_DIR = Path(os.environ.get("STJOBS_SLURM_NOACCT_STATE", "/var/tmp/stjobs-slurm-noacct"))
 NOACCT_NODES: tuple[str, ...] = ("n3", "n4")
 NOACCT_MIN_JOB_AGE_S = 10  # its MinJobAge; slurmctld purges about once a minute, so a job goes within ~70 s
+
+
+# The cluster's login node over SSH (slurm/cluster/sshd-up.sh): a separate sshd on loopback, as the site user.
+SSHD_UP_SCRIPT = REPO / "slurm" / "cluster" / "sshd-up.sh"
+SSHD_STATE = Path(os.environ.get("STJOBS_SSHD_STATE", "/var/lib/stjobs-sshd"))
+SSHD_PORT = int(os.environ.get("STJOBS_SSHD_PORT", "16822"))
 
 
 class SlurmClusterUnavailable(RuntimeError):
@@ -158,3 +168,24 @@ def wait_for_sacct_state(job_id: str | int, timeout: float = 120, poll: float = 
             return word
         time.sleep(poll)
     raise TimeoutError(f"job {job_id} not finished after {timeout}s (last sacct state: {state!r})")
+
+
+def login_node_answers() -> bool:
+    """The test login node's sshd shows its host key on its port."""
+    if shutil.which("ssh-keyscan") is None:
+        return False
+    done = _run(["ssh-keyscan", "-T", "2", "-p", str(SSHD_PORT), "127.0.0.1"], timeout=15)
+    return "ssh-ed25519" in done.stdout
+
+
+def ensure_login_node() -> None:
+    """Make sure the login node's sshd is up; run ``slurm/cluster/sshd-up.sh`` if it is not (as root)."""
+    if login_node_answers():
+        return
+    if os.geteuid() != 0:
+        raise SlurmClusterUnavailable(f"the test login node is not up and starting it needs root: "
+                                      f"sudo {SSHD_UP_SCRIPT}")
+    proc = subprocess.run(["bash", str(SSHD_UP_SCRIPT)], capture_output=True, text=True, timeout=UP_TIMEOUT_S,
+                          check=False)
+    if proc.returncode != 0 or not login_node_answers():
+        raise SlurmClusterUnavailable(f"{SSHD_UP_SCRIPT} failed (rc={proc.returncode})\n{proc.stderr[-4000:]}")

@@ -154,7 +154,7 @@ def check_data(spec: JobSpec, workdir: Path, where: str) -> None:
 
 
 # Finds top-level packages without importing them: cheap enough to run before every submit.
-_FIND_MODULES = ("import importlib.util as u, sys; m = [n for n in sys.argv[1:] if u.find_spec(n) is None]; "
+FIND_MODULES = ("import importlib.util as u, sys; m = [n for n in sys.argv[1:] if u.find_spec(n) is None]; "
                  "print(*m); sys.exit(1 if m else 0)")
 
 
@@ -173,7 +173,7 @@ def check_python(spec: JobSpec, modules: tuple[str, ...], workdir: Path) -> str:
         raise SpecError("python", python, "an executable Python interpreter on this machine (a path, or a name "
                         "found on PATH); the job's nodes run it")
     try:
-        done = subprocess.run([found, "-c", _FIND_MODULES, *modules], capture_output=True, text=True, timeout=60)
+        done = subprocess.run([found, "-c", FIND_MODULES, *modules], capture_output=True, text=True, timeout=60)
     except (OSError, subprocess.TimeoutExpired) as error:
         raise SpecError("python", python, f"a Python interpreter that starts ({error})") from None
     if done.returncode != 0:

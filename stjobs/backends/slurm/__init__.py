@@ -4,8 +4,9 @@ One srun task per node runs the shared node launch script (torchrun with ``--npr
 node): never one task per GPU plus torchrun, which makes every GPU visible to several agents. This is the face of
 the backend; the work is in renderer (pure), submission (the only code that submits), control (sacct, squeue,
 scancel), jobfiles (what a job's own files say, once a cluster without accounting has forgotten it) and task
-(what submitit runs on each node). Submission and control are imported on first use, so a render never imports
-submitit.
+(what submitit runs on each node); a job for a login node over ssh (``slurm.remote``) goes through remote_jobs
+(submit, follow) on the ssh transport of remote. Submission and control are imported on first use, so a render
+never imports submitit.
 """
 
 from __future__ import annotations
@@ -27,12 +28,23 @@ __all__ = ["NAME", "cancel", "check", "logs", "output_file", "output_tail", "ren
 
 
 def check(plan: Plan, **options: Any) -> None:
+    _refuse_remote("sweep", plan, bool(plan.points))
+    if plan.spec.slurm.remote:
+        from stjobs.backends.slurm import remote_jobs
+
+        return remote_jobs.check(plan, **options)
     from stjobs.backends.slurm import submission
 
     submission.check(plan, **options)
 
 
 def submit(plan: Plan, **options: Any) -> JobRecord:
+    if plan.spec.slurm.remote:  # plain sbatch on the login node: submitit runs sbatch where it runs itself
+        from stjobs.backends.slurm import remote_jobs
+
+        _refuse_remote("--after", plan, bool(options.pop("after", ())))
+        options.pop("if_dependency_fails", None)
+        return remote_jobs.submit(plan, **options)
     from stjobs.backends.slurm import submission
 
     return submission.submit(plan, **options)
@@ -41,6 +53,7 @@ def submit(plan: Plan, **options: Any) -> JobRecord:
 def submit_sweep(plan: Plan, sweeping: Sweeping, **options: Any) -> list[JobRecord]:
     from stjobs.backends.slurm import submission
 
+    _refuse_remote("sweep", plan, True)
     return submission.submit_sweep(plan, sweeping, **options)
 
 
@@ -78,3 +91,12 @@ def cancel(record: JobRecord) -> JobStatus:
     from stjobs.backends.slurm import control
 
     return control.cancel(record)
+
+
+def _refuse_remote(what: str, plan: Plan, asked: bool) -> None:
+    """A sweep and --after are submitted on this machine only, for now: said in one line rather than dropped."""
+    if asked and plan.spec.slurm.remote:
+        from stjobs.errors import UsageError
+
+        raise UsageError(f"{what}: got it with slurm.remote {plan.spec.slurm.remote}; expected a submit on the login "
+                         "node itself (run stjobs there: sweeps and --after over ssh are not supported yet)")

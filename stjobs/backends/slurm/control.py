@@ -7,16 +7,18 @@ remembers a job (state, exit code, restart count), and the job's own files (:mod
 
 from __future__ import annotations
 
+import functools
 import re
 import subprocess
 import time
-from collections.abc import Iterator, Sequence
-from dataclasses import replace
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, replace
 
 from stjobs.after import recorded
-from stjobs.backends.joblog import first_error, read_tail
+from stjobs.backends.joblog import TAIL_BYTES, first_error, read_tail
 from stjobs.backends.slurm import jobfiles
-from stjobs.backends.slurm.jobfiles import Seen, output_files, slurm_id
+from stjobs.backends.slurm.jobfiles import Seen, output_files, remote_target, slurm_id
+from stjobs.backends.slurm.remote import Remote
 from stjobs.backends.slurm.task import OUT_OF_REQUEUES_EXIT
 from stjobs.errors import SubmitError
 from stjobs.jobs import JobRecord, JobStatus, State, follow_files, wait_until_finished
@@ -48,6 +50,9 @@ ACCOUNTING_DISABLED = "accounting storage is disabled"  # sacct's words on a clu
 MEMORY_FORMAT = "JobID:|,State:|,Reason:|,exit_code:|,RestartCnt:|"
 
 
+Query = Callable[[list[list[str]]], list["Answer"]]  # SLURM commands run side by side, here or on a login node
+
+
 class AccountingDisabled(SubmitError):
     """sacct: "Slurm accounting storage is disabled"."""
 
@@ -62,8 +67,37 @@ def statuses(records: Sequence[JobRecord]) -> list[JobStatus]:
     squeue slurmctld's view of what is still queued or running, and a pending job's reason. A failing ``sacct``
     fails the lot (the api shows them UNKNOWN with its reason); a failing ``squeue`` only the jobs that accounting
     does not show finished. Once sacct says the cluster keeps no accounting, it is not asked again in this call:
-    one ``squeue --states=all`` per chunk answers alone."""
+    one ``squeue --states=all`` per chunk answers alone.
+
+    Jobs submitted with ``--remote`` are asked on their login node: both queries go in one ssh command per host
+    (:func:`stjobs.backends.slurm.remote.Remote.run_all`). One host that cannot be asked leaves the others'
+    answers standing (its jobs UNKNOWN with the reason); a single host's failure is raised, as without ssh."""
+    hosts: dict[str, list[int]] = {}
+    for index, record in enumerate(records):
+        hosts.setdefault(remote_target(record), []).append(index)
+    found: dict[int, JobStatus] = {}
+    for indices in hosts.values():
+        chosen = [records[index] for index in indices]
+        try:
+            answers = _statuses_on(remote_of(chosen[0]), chosen)
+        except SubmitError as error:
+            if len(hosts) == 1:
+                raise
+            answers = [JobStatus(record, State.UNKNOWN, reason=str(error)) for record in chosen]
+        found.update(zip(indices, answers, strict=True))
+    return [found[index] for index in range(len(records))]
+
+
+def _statuses_on(remote: Remote | None, records: list[JobRecord]) -> list[JobStatus]:
+    """:func:`statuses` of jobs of one cluster: this machine's (``remote`` None) or a login node's."""
     ids = [slurm_id(record) for record in records]
+    query: Query = functools.partial(_query, remote)
+    tails = None
+    if remote is not None:  # the tails the progress is read from come back in the same ssh command
+        from stjobs.backends.slurm.remote_jobs import OutputTails
+
+        tails = OutputTails(records)
+        query = tails.along(query)
     runs: dict[str, list[Run]] = {}
     queued: dict[str, tuple[str, str]] = {}
     queue_errors: dict[str, str] = {}  # job id -> why squeue could not be asked about it
@@ -71,7 +105,7 @@ def statuses(records: Sequence[JobRecord]) -> list[JobStatus]:
     for chunk in _chunks(list(dict.fromkeys(ids))):
         if remembered is None:
             try:
-                accounting, queue, queue_error = _ask(chunk)
+                accounting, queue, queue_error = _ask(chunk, query)
             except AccountingDisabled:
                 remembered = {}
             else:
@@ -80,14 +114,18 @@ def statuses(records: Sequence[JobRecord]) -> list[JobStatus]:
                 queue_errors.update(dict.fromkeys(chunk, queue_error) if queue_error else {})
                 continue
         try:
-            remembered.update(_ask_memory(chunk))
+            remembered.update(_ask_memory(chunk, query))
         except SubmitError as error:
             queue_errors.update(dict.fromkeys(chunk, str(error)))
     if remembered is not None:
-        return [_judge_unaccounted(record, remembered.get(job), queue_errors.get(job, ""))
-                for record, job in zip(records, ids, strict=True)]
-    return [_judge(record, runs.get(job, []), queued.get(job), queue_errors.get(job, ""))
-            for record, job in zip(records, ids, strict=True)]
+        judged = [_judge_unaccounted(record, remembered.get(job), queue_errors.get(job, ""), remote)
+                  for record, job in zip(records, ids, strict=True)]
+    else:
+        judged = [_judge(record, runs.get(job, []), queued.get(job), queue_errors.get(job, ""), remote)
+                  for record, job in zip(records, ids, strict=True)]
+    if tails is not None:
+        tails.settle(judged)
+    return judged
 
 
 def _chunks(ids: list[str]) -> Iterator[list[str]]:
@@ -95,33 +133,25 @@ def _chunks(ids: list[str]) -> Iterator[list[str]]:
         yield ids[start:start + CHUNK]
 
 
-def _ask(ids: list[str]) -> tuple[dict[str, list[Run]], dict[str, tuple[str, str]], str]:
+def _ask(ids: list[str], query: Query) -> tuple[dict[str, list[Run]], dict[str, tuple[str, str]], str]:
     """sacct's runs and squeue's lines for ``ids``, both commands running at once (the listing costs the slower
     of the two, not their sum), and squeue's failure as text."""
     joined = ",".join(ids)
-    # JobID, not JobIDRaw: a job array's task is "119_2" to both commands (its raw id is a number of its own), and
-    # squeue -r lists each pending task on its own line instead of one "119_[1-2]".
-    sacct = _start(["sacct", "-j", joined, "-X", "--duplicates", "-n", "-P", "-o", "JobID,State,ExitCode"])
+    # Both are started before either is waited for; a sacct that fails still lets squeue finish (its answer is
+    # dropped), which costs nothing when both fail fast, as they do with the controller down. JobID, not JobIDRaw:
+    # a job array's task is "119_2" to both commands (its raw id is a number of its own), and squeue -r lists each
+    # pending task on its own line instead of one "119_[1-2]".
+    sacct, squeue = query([["sacct", "-j", joined, "-X", "--duplicates", "-n", "-P", "-o", "JobID,State,ExitCode"],
+                           ["squeue", "-h", "-r", "-j", joined, "-o", "%i|%T|%r"]])
+    runs = _parse_sacct(_text(sacct))
     try:
-        squeue: subprocess.Popen[str] | SubmitError = _start(["squeue", "-h", "-r", "-j", joined, "-o", "%i|%T|%r"])
-    except SubmitError as error:
-        squeue = error
-    try:
-        runs = _parse_sacct(_finish(sacct))
-    except BaseException:
-        if isinstance(squeue, subprocess.Popen):  # not left running (or a zombie) when sacct fails the lot
-            squeue.kill()
-            squeue.communicate()
-        raise
-    if isinstance(squeue, SubmitError):
-        return runs, {}, str(squeue)
-    try:
-        return runs, _parse_squeue(_finish(squeue, unknown_job_ok=True)), ""
+        return runs, _parse_squeue(_text(squeue, unknown_job_ok=True)), ""
     except SubmitError as error:
         return runs, {}, str(error)
 
 
-def _judge(record: JobRecord, runs: list[Run], queued: tuple[str, str] | None, queue_error: str) -> JobStatus:
+def _judge(record: JobRecord, runs: list[Run], queued: tuple[str, str] | None, queue_error: str,
+           remote: Remote | None) -> JobStatus:
     """One job's status from its sacct runs (oldest first) and its squeue line (state, pending reason)."""
     state, exit_code = runs[-1] if runs else ("", None)
     final = STATES.get(state, State.FAILED).finished if state else False
@@ -139,11 +169,13 @@ def _judge(record: JobRecord, runs: list[Run], queued: tuple[str, str] | None, q
         young = time.time() - record.submitted_at < ACCOUNTING_GRACE_S
         return JobStatus(record, State.PENDING if young else State.LOST,
                          reason="" if young else "SLURM knows no such job (sacct and squeue are empty)")
-    return _verdict(record, state, exit_code, requeues, waiting)
+    return _verdict(record, state, exit_code, requeues, waiting, remote)
 
 
-def _verdict(record: JobRecord, state: str, exit_code: int | None, requeues: int, waiting: str) -> JobStatus:
-    """Our status from SLURM's state word, exit code and requeue count (and why a pending job waits)."""
+def _verdict(record: JobRecord, state: str, exit_code: int | None, requeues: int, waiting: str,
+             remote: Remote | None = None) -> JobStatus:
+    """Our status from SLURM's state word, exit code and requeue count (and why a pending job waits); a job
+    that ended badly says why from the tails of its output (read on its login node for ``remote``)."""
     ours = STATES.get(state, State.FAILED)
     reason = ""
     if exit_code == OUT_OF_REQUEUES_EXIT and ours in (State.COMPLETED, State.FAILED):
@@ -153,7 +185,7 @@ def _verdict(record: JobRecord, state: str, exit_code: int | None, requeues: int
     elif ours is State.PENDING:
         reason = waiting
     elif ours not in (State.COMPLETED, State.RUNNING):
-        texts = [read_tail(path) for path in output_files(record)]
+        texts = _tails(record, remote)
         cause = first_error(texts) if ours is State.FAILED else ""
         lines = "; ".join(line for line in _failure_lines(texts) if line not in cause)
         slurm = f"SLURM state {state}" + (f" exit {exit_code}" if exit_code else "") + (f": {lines}" if lines else "")
@@ -188,7 +220,7 @@ def _failure_lines(texts: list[str]) -> list[str]:
     return list(dict.fromkeys(found))[-3:]
 
 
-def _judge_unaccounted(record: JobRecord, seen: Seen | None, queue_error: str) -> JobStatus:
+def _judge_unaccounted(record: JobRecord, seen: Seen | None, queue_error: str, remote: Remote | None) -> JobStatus:
     """One job's status without accounting: slurmctld's answer while it holds the job (kept in the job directory
     once the job has ended), else what the job's own files say, else why it cannot be known."""
     if seen is not None:
@@ -196,7 +228,7 @@ def _judge_unaccounted(record: JobRecord, seen: Seen | None, queue_error: str) -
         if final:
             jobfiles.remember(record, seen)
         waiting = pending_reason(seen.reason) if seen.reason and not final else ""
-        return _verdict(record, seen.state, seen.exit_code if final else None, seen.restarts, waiting)
+        return _verdict(record, seen.state, seen.exit_code if final else None, seen.restarts, waiting, remote)
     if queue_error:
         return JobStatus(record, State.UNKNOWN, reason=queue_error)
     forgot = (f"slurmctld has forgotten job {slurm_id(record)} (finished jobs go after MinJobAge) and this "
@@ -207,12 +239,32 @@ def _judge_unaccounted(record: JobRecord, seen: Seen | None, queue_error: str) -
         said = first_error(texts) or "; ".join(_failure_lines(texts))
         return JobStatus(record, State.LOST, reason=f"{forgot}, so how it ended cannot be known: {found}"
                                                     + (f"; its output says: {said}" if said else ""))
-    status = _verdict(record, found.state, found.exit_code, found.restarts, "")
+    status = _verdict(record, found.state, found.exit_code, found.restarts, "", remote)
     note = f"{forgot}; {found.source}"
     return replace(status, reason=f"{status.reason}; {note}" if status.reason else note)
 
 
+def remote_of(record: JobRecord) -> Remote | None:
+    target = remote_target(record)
+    return Remote(target) if target else None
+
+
+def _tails(record: JobRecord, remote: Remote | None) -> list[str]:
+    """The last bytes of each of the job's output files: here, or on its login node in one ssh command."""
+    if remote is None:
+        return [read_tail(path) for path in output_files(record)]
+    answers = remote.run_all([["tail", "-c", str(TAIL_BYTES), str(path)] for path in output_files(record)],
+                             "reading the job's output")
+    return [answer.stdout.decode(errors="replace") for answer in answers]
+
+
 def logs(record: JobRecord, follow: bool = False, rank: int | None = None) -> Iterator[str]:
+    remote = remote_of(record)
+    if remote is not None:
+        from stjobs.backends.slurm.remote_jobs import follow_remote
+
+        return follow_remote(remote, output_files(record)[0], lambda: status(record).state.finished, follow, rank,
+                             record.job_id)
     return follow_files(lambda: output_files(record), lambda: status(record).state.finished, follow, rank)
 
 
@@ -220,9 +272,9 @@ def cancel(record: JobRecord, wait_s: float = 60.0) -> JobStatus:
     current = status(record)
     if current.state.finished:
         return current
-    done = subprocess.run(["scancel", slurm_id(record)], capture_output=True, text=True, timeout=60)
-    if done.returncode != 0:
-        raise SubmitError(f"slurm: scancel failed: {done.stderr.strip() or done.stdout.strip()}")
+    (done,) = _query(remote_of(record), [["scancel", slurm_id(record)]])
+    if done.code != 0:
+        raise SubmitError(f"slurm: scancel failed: {done.stderr.strip() or done.stdout.strip() or done.code}")
     return wait_until_finished(lambda: status(record), wait_s)
 
 
@@ -239,10 +291,10 @@ def _parse_sacct(text: str) -> dict[str, list[Run]]:
     return runs
 
 
-def _ask_memory(ids: list[str]) -> dict[str, Seen]:
+def _ask_memory(ids: list[str], query: Query) -> dict[str, Seen]:
     """What slurmctld holds of ``ids``, finished jobs included (until MinJobAge): squeue --states=all."""
-    text = _finish(_start(["squeue", "--states=all", "-h", "-r", "-j", ",".join(ids), "-O", MEMORY_FORMAT]),
-                   unknown_job_ok=True)
+    (answer,) = query([["squeue", "--states=all", "-h", "-r", "-j", ",".join(ids), "-O", MEMORY_FORMAT]])
+    text = _text(answer, unknown_job_ok=True)
     seen: dict[str, Seen] = {}
     for line in text.splitlines():
         fields = [field.strip() for field in line.split("|")]
@@ -265,28 +317,62 @@ def _parse_squeue(text: str) -> dict[str, tuple[str, str]]:
     return queued
 
 
-def _start(argv: list[str]) -> subprocess.Popen[str]:
-    try:
-        return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    except FileNotFoundError as error:
-        raise SubmitError(f"slurm: {argv[0]} failed ({error}); is this a SLURM login node?") from None
+@dataclass(frozen=True)
+class Answer:
+    """One SLURM command's outcome: exit status (None: it could not be run or did not answer; ``stderr`` then
+    says why, as a whole message), output and errors."""
+
+    argv: tuple[str, ...]
+    code: int | None
+    stdout: str
+    stderr: str
 
 
-def _finish(process: subprocess.Popen[str], unknown_job_ok: bool = False) -> str:
-    name = str(process.args[0]) if isinstance(process.args, list) else str(process.args)
-    try:
-        stdout, stderr = process.communicate(timeout=QUERY_TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.communicate()
-        raise SubmitError(f"slurm: {name} did not answer in {QUERY_TIMEOUT_S:.0f} s; is this a SLURM login node?"
-                          ) from None
-    if process.returncode == 0:
-        return stdout
-    message = (stderr or stdout).strip().splitlines()
+def _query(remote: Remote | None, commands: list[list[str]]) -> list[Answer]:
+    """Run ``commands`` side by side, here or (``remote``) on the login node in one ssh command."""
+    if remote is not None:
+        remotely = remote.run_all(commands, f"asking SLURM ({', '.join(argv[0] for argv in commands)})",
+                                  timeout_s=QUERY_TIMEOUT_S + 30)
+        return [Answer(tuple(argv), answer.code, answer.stdout.decode(errors="replace"),
+                       answer.stderr.decode(errors="replace")) for argv, answer in zip(commands, remotely, strict=True)]
+    started: list[subprocess.Popen[str] | str] = []
+    for argv in commands:
+        try:
+            started.append(subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+        except OSError as error:
+            started.append(f"slurm: {argv[0]} failed ({error}); is this a SLURM login node?")
+    deadline = time.monotonic() + QUERY_TIMEOUT_S
+    answers: list[Answer] = []
+    for argv, process in zip(commands, started, strict=True):
+        if isinstance(process, str):
+            answers.append(Answer(tuple(argv), None, "", process))
+            continue
+        try:
+            stdout, stderr = process.communicate(timeout=max(deadline - time.monotonic(), 0.1))
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.communicate()
+            answers.append(Answer(tuple(argv), None, "", f"slurm: {argv[0]} did not answer in "
+                                  f"{QUERY_TIMEOUT_S:.0f} s; is this a SLURM login node?"))
+            continue
+        answers.append(Answer(tuple(argv), process.returncode, stdout, stderr))
+    return answers
+
+
+def _text(answer: Answer, unknown_job_ok: bool = False) -> str:
+    """The command's output, or its failure as a SubmitError of one line."""
+    name = answer.argv[0]
+    if answer.code is None:
+        raise SubmitError(answer.stderr)
+    if answer.code == 0:
+        return answer.stdout
+    message = (answer.stderr or answer.stdout).strip().splitlines()
+    if answer.code == 127:  # the login node's shell found no such command
+        raise SubmitError(f"slurm: {name} not found ({message[-1] if message else 'exit 127'}); is this a SLURM "
+                          "login node?")
     if unknown_job_ok and any("Invalid job id" in line for line in message):
         return ""  # squeue forgets finished jobs; sacct (or the job's files) has spoken for them
     if name == "sacct" and any(ACCOUNTING_DISABLED in line for line in message):
         raise AccountingDisabled(f"slurm: sacct: {message[-1]}")
     # The controller or the accounting daemon is down: say so, never call the job lost.
-    raise SubmitError(f"slurm: {name} failed: {message[-1] if message else f'exit {process.returncode}'}")
+    raise SubmitError(f"slurm: {name} failed: {message[-1] if message else f'exit {answer.code}'}")

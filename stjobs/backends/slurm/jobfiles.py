@@ -21,6 +21,10 @@ from pathlib import Path
 from stjobs.jobs import JobRecord, read_json, write_json
 
 SEEN_FILE = "slurm-state.json"  # slurmctld's last word on a finished job, as `stjobs status` saw it
+# A job on a login node (--remote): the tail of its output there, as `stjobs status` last brought it back (its
+# progress is read from it), and how far that copy is (remote_jobs.OutputTails).
+OUTPUT_TAIL = "remote-output.tail"
+OUTPUT_TAIL_STAGE = "remote-output.stage"
 # Lines the batch file appends, one per event of a run (R: SLURM_RESTART_COUNT): "started R" as it starts,
 # "requeued R" when it requeues itself, "exited N R" from its EXIT trap (N: its exit status).
 EXIT_RECORD = "slurm-{job}.exit"
@@ -44,6 +48,11 @@ def slurm_id(record: JobRecord) -> str:
     return str(record.details["slurm_job_id"])
 
 
+def remote_target(record: JobRecord) -> str:
+    """The login node a job was submitted to over ssh (``--remote``), or "" for one submitted here."""
+    return str(record.details.get("remote") or "")
+
+
 def output_files(record: JobRecord) -> list[Path]:
     output = str(record.details["output"])
     if record.details.get("mode") == "submitit":
@@ -53,7 +62,10 @@ def output_files(record: JobRecord) -> list[Path]:
 
 
 def rank0_output(record: JobRecord) -> Path | None:
-    """The file rank 0 writes to: the batch file's output, or submitit's log of the first node's task."""
+    """The file rank 0 writes to: the batch file's output, or submitit's log of the first node's task; for a job
+    on a login node, the tail of that file as `stjobs status` brought it here."""
+    if remote_target(record):
+        return Path(record.job_dir) / OUTPUT_TAIL
     output = record.details.get("output")
     return Path(str(output)) if output else None
 

@@ -266,6 +266,9 @@ def _render(spec: JobSpec, k8s_schemas: Path | None, batch: bool) -> Plan:
                      "stjobs.train.callbacks.PreemptionCallback and set entrypoint.resumable: true")
     if spec.secrets:
         notes.append(f"sbatch passes the submitting environment: export {', '.join(spec.secrets)} first")
+    if spec.slurm.remote:
+        notes.append(f"remote: stjobs submit copies the job's files and code to {spec.slurm.remote} (under "
+                     "${STJOBS_HOME:-~/.stjobs}/jobs there) and runs plain sbatch there; the job starts in that copy")
     return Plan(backend=NAME, job_name=spec.name, files=files, command=("sbatch", SBATCH_FILE), launch=launch,
                 spec=spec, notes=tuple(notes))
 

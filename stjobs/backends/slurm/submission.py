@@ -172,7 +172,7 @@ def _submit_submitit(plan: Plan, job_dir: Path, workdir: Path, executor: Any, py
         try:
             job = executor.submit(task)
         except Exception as error:  # submitit wraps sbatch's refusal in its own error types
-            raise SubmitError(f"slurm: {_slurm_reason(captured() + str(error))}") from None
+            raise SubmitError(f"slurm: {slurm_reason(captured() + str(error))}") from None
     folder = Path(str(executor.folder))
     return str(job.job_id), {"mode": "submitit", "output": str(folder / f"{job.job_id}_0_log.out"),
                              "folder": str(folder)}
@@ -225,11 +225,11 @@ def _run(argv: list[str], cwd: Path, env: dict[str, str] | None = None) -> subpr
     except subprocess.TimeoutExpired:
         raise SubmitError(f"slurm: {argv[0]} did not answer in 120 s; is slurmctld reachable?") from None
     if done.returncode != 0:
-        raise SubmitError(f"slurm: {_slurm_reason(done.stderr or done.stdout)}")
+        raise SubmitError(f"slurm: {slurm_reason(done.stderr or done.stdout)}")
     return done
 
 
-def _slurm_reason(text: str) -> str:
+def slurm_reason(text: str) -> str:
     """SLURM's own words, one line: the last 'error:' line says why (e.g. 'Invalid partition name specified')."""
     errors = [line.split("error:", 1)[1].strip() for line in text.splitlines() if "error:" in line]
     if errors:
