@@ -4,6 +4,8 @@ import json
 import os
 import subprocess
 import sys
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -69,6 +71,30 @@ def job_of(stdout: str) -> str:
 def job_state(job_id: str) -> dict[str, Any]:
     result: dict[str, Any] = json.loads(cli("status", job_id, "--json").stdout)
     return result
+
+
+def wait_until(what: str, check: Callable[[], Any], timeout_s: float = 120, poll_s: float = 0.3) -> Any:
+    """``check()``'s first true answer, polled every ``poll_s``; fails naming ``what`` after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(poll_s)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+@pytest.fixture
+def fake(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    """A fake Kubernetes API server (tests/k8s_fake.py) and a kubeconfig pointing at it, found the way a user's
+    is: through $KUBECONFIG. Render-time schema checks are off: the server checks."""
+    from tests.k8s_fake import FakeKube, write_kubeconfig
+
+    monkeypatch.delenv("STJOBS_K8S_SCHEMAS", raising=False)
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    with FakeKube() as server:
+        monkeypatch.setenv("KUBECONFIG", str(write_kubeconfig(tmp_path / "kubeconfig", server.url)))
+        yield server
 
 
 def build_tiny_model(out: Path) -> Path:

@@ -6,7 +6,6 @@ tests/k8s_fake.py, whose log reads apply tailLines and limitBytes as the kubelet
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,22 +18,13 @@ from stjobs.cli import main
 from stjobs.jobs import JobRecord, JobStatus, State
 from stjobs.train.events import format_event
 from tests.conftest import REPO
-from tests.k8s_fake import SCHEMAS_DIR, FakeKube, write_kubeconfig
+from tests.k8s_fake import SCHEMAS_DIR, FakeKube
 
 pytest.importorskip("kubernetes")
 pytestmark = pytest.mark.skipif(not SCHEMAS_DIR.is_dir(), reason=f"no Kubeflow CRD schemas at {SCHEMAS_DIR}")
 
 SPEC = REPO / "tests" / "data" / "k8s-tiny.yaml"  # --max-steps 4, two nodes of two processes
 NOISE = "[rank1]: a library warning that fills the log without saying anything about steps\n"
-
-
-@pytest.fixture
-def fake(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeKube]:
-    monkeypatch.delenv("STJOBS_K8S_SCHEMAS", raising=False)
-    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
-    with FakeKube() as server:
-        monkeypatch.setenv("KUBECONFIG", str(write_kubeconfig(tmp_path / "kubeconfig", server.url)))
-        yield server
 
 
 def submit(name: str = "tiny") -> JobRecord:

@@ -12,7 +12,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -35,16 +35,6 @@ pytestmark = pytest.mark.skipif(not SCHEMAS_DIR.is_dir(), reason=f"no Kubeflow C
 SPEC = REPO / "tests" / "data" / "k8s-tiny.yaml"
 IMAGE = "ghcr.io/example/stjobs:1.0"
 SERVER_FIELDS = ("uid", "resourceVersion", "generation", "creationTimestamp")
-
-
-@pytest.fixture
-def fake(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeKube]:
-    """A fake API server and a kubeconfig pointing at it, found the way a user's is: through $KUBECONFIG."""
-    monkeypatch.delenv("STJOBS_K8S_SCHEMAS", raising=False)  # render-time schema checks off: the server checks
-    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
-    with FakeKube() as server:
-        monkeypatch.setenv("KUBECONFIG", str(write_kubeconfig(tmp_path / "kubeconfig", server.url)))
-        yield server
 
 
 def cli(*args: str) -> subprocess.CompletedProcess[str]:

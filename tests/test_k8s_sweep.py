@@ -4,29 +4,17 @@ refuses takes the sweep back whole."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
-
 import pytest
 
 import stjobs
 from stjobs.errors import SubmitError
 from stjobs.jobs import State, jobs_root
 from tests.conftest import REPO
-from tests.k8s_fake import FakeKube, write_kubeconfig
+from tests.k8s_fake import FakeKube
 
 pytest.importorskip("kubernetes")
 SPEC = REPO / "tests" / "data" / "k8s-tiny.yaml"
 GRID = "sweep={grid: {--learning-rate: ['1e-5', '3e-5', '1e-4']}}"
-
-
-@pytest.fixture
-def fake(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeKube]:
-    monkeypatch.delenv("STJOBS_K8S_SCHEMAS", raising=False)
-    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
-    with FakeKube() as server:
-        monkeypatch.setenv("KUBECONFIG", str(write_kubeconfig(tmp_path / "kubeconfig", server.url)))
-        yield server
 
 
 def test_each_point_is_a_labelled_pytorchjob_and_the_sweep_is_one_line(fake: FakeKube) -> None:

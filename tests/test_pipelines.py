@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -18,7 +17,7 @@ import pytest
 from stjobs.after import After, dependencies, met, slurm_dependency
 from stjobs.errors import InputError, UsageError
 from stjobs.jobs import JobRecord, JobStatus, State
-from tests.conftest import cli, job_of
+from tests.conftest import cli, job_of, wait_until
 from tests.slurm_cluster import PARTITION, ensure_cluster
 
 
@@ -93,16 +92,6 @@ def state_of(job_id: str) -> dict[str, Any]:
     (line,) = cli("status", job_id, "--json").stdout.splitlines()
     found: dict[str, Any] = json.loads(line)
     return found
-
-
-def wait_until(what: str, check: Callable[[], Any], timeout_s: float = 120) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.3)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 @pytest.mark.slow

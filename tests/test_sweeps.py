@@ -10,8 +10,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +21,7 @@ from stjobs.errors import SpecError
 from stjobs.jobs import JobRecord, JobStatus, State
 from stjobs.sweep import expand, set_option
 from stjobs.sweep_jobs import Result, results, results_table, summary
-from tests.conftest import cli, job_of
+from tests.conftest import cli, job_of, wait_until
 
 BASE = {"name": "sw", "nodes": 2, "procs_per_node": 1,
         "entrypoint": {"args": ["--model", "m", "--train-data", "d.jsonl", "--learning-rate", "1e-5"]}}
@@ -199,16 +197,6 @@ def local_sweep(folder: Path, sweep: str) -> Path:
 
 def status_json(job_id: str) -> list[dict[str, Any]]:
     return [json.loads(line) for line in cli("status", job_id, "--json").stdout.splitlines()]
-
-
-def wait_until(what: str, check: Callable[[], Any], timeout_s: float = 120) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.3)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 @pytest.mark.slow
