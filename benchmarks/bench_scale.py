@@ -101,7 +101,7 @@ def main() -> int:
     args = parser.parse_args()
     rounds = args.rounds
     results: dict[str, object] = {}
-    print("render (median of %d)          small         big     big/small" % rounds)
+    print(f"render (median of {rounds})          small         big     big/small")
     for backend in ("slurm", "k8s"):
         small = median_s(lambda b=backend: stjobs.render(job(1, 8), b), rounds)
         big = median_s(lambda b=backend: stjobs.render(job(64, 8), b), rounds)
