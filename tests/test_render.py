@@ -254,3 +254,15 @@ def test_a_global_batch_the_processes_cannot_share_is_refused_at_render() -> Non
         stjobs.render(spec, "local")
     assert str(refused.value) == ("entrypoint.args: got '--global-batch-size 66'; expected a multiple of the 4 "
                                   "process(es) that share it (each takes an equal share), e.g. 64 or 68")
+
+
+def test_a_spec_file_with_a_value_ending_in_newlines_reads_back() -> None:
+    """The spec file is written an entry at a time; a block scalar that keeps its trailing newlines makes PyYAML
+    end the document there ("..."), so such a spec is written whole (hypothesis found it in test_injection)."""
+    from stjobs import yamlio
+    from stjobs.backends.common import spec_file
+
+    spec = stjobs.validate_spec({"name": "open", "env": {"NOTE": "two\n\n"}, "output_dir": "out\n"})
+    read = yamlio.read(spec_file(spec).content)
+    assert read["env"] == {"NOTE": "two\n\n"} and read["output_dir"] == "out\n" and read["rendezvous"]
+    assert stjobs.validate_spec(read).to_data() == spec.to_data()

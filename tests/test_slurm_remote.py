@@ -70,11 +70,20 @@ def test_one_master_connection_of_stjobs_own_unless_the_users_config_has_one(tmp
     config = tmp_path / "config"
     config.write_text(f"Host theirs\n  ControlMaster auto\n  ControlPath {tmp_path}/cm-%C\nHost plain\n")
     monkeypatch.setenv("STJOBS_SSH_CONFIG", str(config))
-    plain, theirs = Remote("plain").ssh(), Remote("theirs").ssh()
-    home = Path(os.environ["STJOBS_HOME"])
-    assert f"ControlPath={home}/ssh/%C" in plain and "ControlPersist=300" in plain
-    assert not any(word.startswith(("ControlPath", "ControlPersist")) for word in theirs)
-    assert (home / "ssh").stat().st_mode & 0o777 == 0o700
+    with tempfile.TemporaryDirectory(dir="/tmp") as short:  # a home short enough for a socket path under it
+        monkeypatch.setenv("STJOBS_HOME", short)
+        plain, theirs = Remote("plain").ssh(), Remote("theirs").ssh()
+        assert f"ControlPath={short}/ssh/%C" in plain and "ControlPersist=300" in plain
+        assert not any(word.startswith(("ControlPath", "ControlPersist")) for word in theirs)
+        assert (Path(short) / "ssh").stat().st_mode & 0o777 == 0o700
+    # A home too deep for "<dir>/<40 hex>.<16 random>" in a socket's 104 bytes: a private directory under /tmp.
+    deep = tmp_path / ("d" * 60)
+    monkeypatch.setenv("STJOBS_HOME", str(deep))
+    (path,) = [word.split("=", 1)[1] for word in Remote("plain").ssh() if word.startswith("ControlPath=")]
+    assert re.fullmatch(rf"/tmp/stjobs-ssh-{os.getuid()}/[0-9a-f]{{12}}/%C", path), path
+    assert Path(path).parent.stat().st_mode & 0o777 == Path(path).parent.parent.stat().st_mode & 0o777 == 0o700
+    monkeypatch.setenv("STJOBS_HOME", str(tmp_path / ("e" * 60)))  # another home: never its master connection
+    assert f"ControlPath={path}" not in Remote("plain").ssh()
     assert ["-F", str(config)] == plain[1:3] and "BatchMode=yes" in plain  # no terminal here: never a prompt
     assert not any("StrictHostKeyChecking" in word for word in plain + theirs)
 
@@ -156,7 +165,9 @@ class Laptop:
         return {"STJOBS_SSH_CONFIG": str(self.config)}
 
     def ssh(self, *args: str) -> subprocess.CompletedProcess[str]:
-        control = Path(os.environ["STJOBS_HOME"]) / "ssh" / "%C"
+        from stjobs.backends.slurm.remote import _control_dir  # where stjobs keeps its sockets for this home
+
+        control = _control_dir(Path(os.environ["STJOBS_HOME"])) / "%C"
         return subprocess.run(["ssh", "-F", str(self.config), "-o", f"ControlPath={control}", *args],
                               capture_output=True, text=True, timeout=30)
 

@@ -64,7 +64,11 @@ def spec_file(spec: JobSpec) -> RenderedFile:
     # sweep share most of theirs (slurm, k8s, build, ...), which PyYAML then writes once instead of once a point.
     import json
 
-    return RenderedFile(SPEC_FILE, header + "".join(_entry(key, json.dumps(value)) for key, value in data.items()))
+    parts = [_entry(key, json.dumps(value)) for key, value in data.items()]
+    # An entry that ends open (a block scalar keeping its trailing newlines) makes PyYAML close the document
+    # ("..."), after which nothing may follow: such a spec is written in one piece.
+    body = yamlio.dump(data) if any(part.endswith("\n...\n") for part in parts[:-1]) else "".join(parts)
+    return RenderedFile(SPEC_FILE, header + body)
 
 
 @functools.lru_cache(maxsize=1024)

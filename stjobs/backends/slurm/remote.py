@@ -16,6 +16,7 @@ connection was lost (:class:`ConnectionLost`, which a caller may retry).
 from __future__ import annotations
 
 import functools
+import hashlib
 import os
 import shlex
 import shutil
@@ -34,6 +35,7 @@ CONTROL_PERSIST_S = 300  # how long stjobs' master connection stays after its la
 CONNECT_TIMEOUT_S = 20
 COPY_TIMEOUT_S = 600  # the job's files and code (snapshot.max_mb, 200 MB by default)
 ALIVE_INTERVAL_S = 10  # a connection that stops answering is noticed within ~3 of these, not at TCP's timeout
+SOCKET_PATH_MAX = 103  # the longest Unix socket path every OS takes (sun_path is 104 bytes with its NUL on macOS)
 SSH_FAILED = 255  # ssh's own exit status; anything else is the remote command's
 # ssh's words for failures that trying again will not fix, and what they mean for the user.
 REFUSALS = (
@@ -238,12 +240,21 @@ def _control_for(target: str, config: str | None, home: str) -> tuple[str, ...]:
 
 def _control_dir(home: Path) -> Path:
     """Where the master sockets live: private (the socket is a logged-in connection), and short enough for a
-    socket's path (about 104 bytes; %C is 40 more), else a private directory under /tmp."""
+    socket's path (about 104 bytes; %C is 40 more), else a private directory under /tmp of this STJOBS_HOME's
+    own (two homes never share a master connection)."""
     folder = home / "ssh"
     home.mkdir(mode=0o700, parents=True, exist_ok=True)
-    if len(str(folder)) > 60:
-        folder = Path("/tmp") / f"stjobs-ssh-{os.getuid()}"
+    # ssh binds "<ControlPath>.<16 random characters>" first, then renames it: %C's 40 characters and that suffix
+    # must fit in sun_path with the directory (104 bytes on the BSDs and macOS, 108 on Linux).
+    if len(str(folder)) + len(f"/{'0' * 40}.{'0' * 16}") > SOCKET_PATH_MAX:
+        base = Path("/tmp") / f"stjobs-ssh-{os.getuid()}"
+        _private_dir(base)
+        folder = base / hashlib.sha256(str(home.resolve()).encode()).hexdigest()[:12]
+    _private_dir(folder)
+    return folder
+
+
+def _private_dir(folder: Path) -> None:
     folder.mkdir(mode=0o700, parents=True, exist_ok=True)
     if folder.stat().st_uid != os.getuid() or folder.stat().st_mode & 0o077:
         raise SubmitError(f"slurm: {folder}: the ssh control directory must be yours alone (mode 0700)")
-    return folder
