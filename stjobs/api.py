@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Collection, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -241,21 +241,26 @@ def plot(job_id: str | None = None, path: str | Path | None = None) -> Path:
     job_id = record.job_id
     target = Path(path) if path is not None else Path(record.job_dir) / "plot.png"
     if is_sweep(record):
+        from functools import cache
+
         from stjobs.plot import write_sweep_png
 
-        return write_sweep_png({row.job_id: (row.label, events(row.job_id)) for row in sweep_results(job_id)},
+        read = cache(events)  # the results and the curves come from one read of each point's events
+        return write_sweep_png({row.job_id: (row.label, read(row.job_id)) for row in sweep_results(job_id, read)},
                                target, job_id)
     return write_png(events(job_id), target, record.job_id)
 
 
-def sweep_results(job_id: str) -> list[Result]:
-    """A sweep's points with their final evaluation score and loss (from their events), best first."""
+def sweep_results(job_id: str,
+                  events_of: Callable[[str], list[dict[str, Any]]] | None = None) -> list[Result]:
+    """A sweep's points with their final evaluation score and loss (from their events, read by ``events_of``,
+    default :func:`events`), best first."""
     from stjobs import sweep_jobs
 
     rows = status(job_id)
     if not sweep_jobs.is_sweep(rows[0].record):
         raise UsageError(f"job: {rows[0].record.job_id} is not a sweep; expected a sweep's id")
-    return sweep_jobs.results(rows[0].record, rows[1:], events)
+    return sweep_jobs.results(rows[0].record, rows[1:], events_of or events)
 
 
 def strategy_warning(job_id: str) -> str | None:
@@ -279,14 +284,14 @@ def strategy_warning(job_id: str) -> str | None:
 def cancel(job_id: str) -> JobStatus:
     """Cancel the job (a sweep: each of its points that has not ended) and wait until it stopped."""
     from stjobs.jobs import load_record
-    from stjobs.sweep_jobs import is_sweep, point_records, summary
+    from stjobs.sweep_jobs import is_sweep, summary
 
     record = load_record(job_id)
     module = backend_module(record.backend)
     if not is_sweep(record):
         return module.cancel(record)
-    points = [module.cancel(point) if not now.state.finished else now
-              for point, now in zip(point_records(record), status(job_id)[1:], strict=False)]
+    # Each status row carries its point's record: one read of the points, and no pairing to get wrong.
+    points = [now if now.state.finished else module.cancel(now.record) for now in status(job_id)[1:]]
     return summary(record, points)
 
 

@@ -95,6 +95,14 @@ def new_job_id(name: str) -> str:
     return f"{name}-{stamp}-{secrets.token_hex(2)}"
 
 
+def new_job(name: str, into: tuple[str, Path] | None = None) -> tuple[str, Path]:
+    """A submission's job id and directory: ``into`` where the caller has them (a sweep's point), else new ones."""
+    if into is not None:
+        return into
+    job_id = new_job_id(name)
+    return job_id, jobs_root() / job_id
+
+
 def load_record(job_id: str) -> JobRecord:
     _check_home()
     path = jobs_root() / job_id / "job.json"

@@ -45,7 +45,8 @@ from stjobs.spec_slurm import GpuRequest as GpuRequest
 from stjobs.spec_slurm import SlurmOptions
 from stjobs.spec_sweep import SweepOptions
 
-NAME_PATTERN = r"[a-z]([a-z0-9-]{0,40}[a-z0-9])?"
+NAME_MAX = 42  # a job's name, whole; a sweep's points (NAME-p<index>) must fit it too
+NAME_PATTERN = rf"[a-z]([a-z0-9-]{{0,{NAME_MAX - 2}}}[a-z0-9])?"
 ENV_NAME_PATTERN = r"[A-Za-z_][A-Za-z0-9_]*"
 MODULE_PATTERN = r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*"
 # A GPU type as SLURM's GRES and the GPU tables name it: v100, a100, h100, l40s, rtx_6000, ...
@@ -208,8 +209,8 @@ def _check_env_name(key: str, value: Any, field: str) -> None:
 class JobSpec:
     """A whole job. Build it with :func:`stjobs.config.load_spec`; it never changes after validation."""
 
-    name: str = spec_field(Text("lowercase letters, digits and '-', starting with a letter, at most 42 "
-                                "characters", NAME_PATTERN, 42))
+    name: str = spec_field(Text("lowercase letters, digits and '-', starting with a letter, at most "
+                                f"{NAME_MAX} characters", NAME_PATTERN, NAME_MAX))
     entrypoint: Entrypoint = spec_field(Nested(Entrypoint), doc="module or script, and args")
     nodes: int = spec_field(NodeCount(), 1, doc="nodes, or 'MIN:MAX' for elastic training (k8s PyTorchJob)")
     min_nodes: int | None = spec_field(Nullable(Integer(1, 1024, "the fewest nodes an elastic job runs on, from 1 "

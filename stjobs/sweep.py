@@ -17,12 +17,11 @@ from typing import Any
 
 from stjobs.config import assign
 from stjobs.errors import SpecError
-from stjobs.spec import JobSpec, parse_spec
+from stjobs.spec import NAME_MAX, JobSpec, parse_spec
 from stjobs.spec_sweep import Scalar
 
 POINTS_DIR = "points"  # in a sweep's directory: one job directory per point, points/<index>/
 SWEEP_FILE = "sweep.json"  # beside them: the points and their values, for people and `stjobs status`
-NAME_MAX = 42  # the spec's name: a point's is NAME-p<index>
 
 
 @dataclass(frozen=True)

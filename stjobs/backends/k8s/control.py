@@ -50,8 +50,7 @@ def submit(plan: Plan, api_client: Any = None, into: tuple[str, Path] | None = N
     meta = body["metadata"]
     job = Target(api_client if api_client is not None else new_client(), RESOURCES[body["kind"]],
                  meta.get("namespace", "default"), meta["name"])
-    job_id, job_dir = into if into is not None else (jobs.new_job_id(plan.job_name), jobs.jobs_root() / "")
-    job_dir = job_dir if into is not None else jobs.jobs_root() / job_id
+    job_id, job_dir = jobs.new_job(plan.job_name, into)
     write_plan(plan, job_dir)
     created = False
     try:

@@ -17,7 +17,7 @@ from stjobs.backends.local.checks import check_local
 from stjobs.backends.local.gpus import job_gpus
 from stjobs.backends.local.jobdir import PID_FILE, SUPERVISOR_LOG, free_port, private_file
 from stjobs.backends.local.renderer import NAME
-from stjobs.jobs import JobRecord, jobs_root, new_job_id
+from stjobs.jobs import JobRecord, new_job
 from stjobs.plan import Plan, write_plan
 from stjobs.snapshot import copy_snapshot, plan_snapshot, snapshot_details
 
@@ -44,8 +44,7 @@ def submit(plan: Plan, cwd: str | Path | None = None, after: Sequence[After] = (
     id and directory to use (a sweep's point) instead of new ones."""
     spec = plan.spec
     gpus = job_gpus(spec)  # before anything is written: a job that cannot get its GPUs leaves nothing behind
-    job_id, job_dir = into if into is not None else (new_job_id(plan.job_name), None)
-    job_dir = job_dir if job_dir is not None else jobs_root() / job_id
+    job_id, job_dir = new_job(plan.job_name, into)
     write_plan(plan, job_dir, dir_mode=0o700)  # the job's scripts and logs are the owner's alone
     workdir = Path(cwd or os.getcwd()).resolve()
     try:
