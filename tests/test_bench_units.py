@@ -4,6 +4,7 @@ a failed row, the generated data."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,7 @@ from stjobs.bench.options import BenchShape
 from stjobs.bench.report import final_losses
 from stjobs.bench.rows import DOCS_STYLE, NO_SYNC, RowPlan, train_args
 from stjobs.errors import StjobsError, UsageError
+from stjobs.jobs import State
 from stjobs.launch import build_launch, shell_line
 
 DATA = {"nli-train": Path("/d/nli.jsonl"), "sts-train": Path("/d/sts.jsonl")}
@@ -199,6 +201,11 @@ class FakeApi:
     def logs(self, job_id: str) -> list[str]:
         return [self.log]
 
+    def events(self, job_id: str) -> list[dict[str, Any]]:
+        from stjobs.train.events import parse_events
+
+        return parse_events(self.log)
+
 
 def test_a_failed_row_says_why_and_is_no_exception(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     from stjobs import api
@@ -206,7 +213,7 @@ def test_a_failed_row_says_why_and_is_no_exception(monkeypatch: pytest.MonkeyPat
 
     plan = plans(0, 2)["ddp"]
     args = train_args(shape(0, 2), "/m", DATA, None, 42)
-    for name in ("submit", "wait", "logs"):
+    for name in ("submit", "wait", "logs", "events"):
         monkeypatch.setattr(api, name, getattr(FakeApi(), name))
     row = run_row(plan, args, tmp_path)
     assert row.samples_per_second is None and row.job_id == "bench-ddp-1"
@@ -215,6 +222,14 @@ def test_a_failed_row_says_why_and_is_no_exception(monkeypatch: pytest.MonkeyPat
     assert "torch.distributed.run" in row.command
     monkeypatch.setattr(api, "logs", FakeApi(log="Traceback ...\nSIGABRT\n").logs)
     assert run_row(plan, args, tmp_path).note == "job bench-ddp-1 ended FAILED: exit 1; see `stjobs logs bench-ddp-1`"
+    # A job that ended well but measured nothing is no row with 0 samples/s: its note says what it measured.
+    stalled = FakeApi(log='STJOBS_EVENT {"event":"throughput","rank":0,"steady_samples_per_second":0.0,'
+                          '"steady_steps":0}\n')
+    monkeypatch.setattr(api, "events", stalled.events)
+    monkeypatch.setattr(api, "wait", lambda job_id, **_: replace(FakeApi().wait(job_id), state=State.COMPLETED))
+    assert run_row(plan, args, tmp_path).note == ("job bench-ddp-1 ended COMPLETED: its throughput event says 0.0 "
+                                                  "samples/s (0 steady steps); see `stjobs logs bench-ddp-1`")
+    monkeypatch.setattr(api, "events", FakeApi().events)
     monkeypatch.setattr(api, "submit", FakeApi("local: too few GPUs").submit)
     assert run_row(plan, args, tmp_path).note == "not submitted: local: too few GPUs"
     report = build_report(BenchOptions(), shape(0, 2), {}, [measured()[0], row])

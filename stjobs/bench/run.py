@@ -98,7 +98,7 @@ def run_row(plan: RowPlan, args: list[str], out: Path) -> BenchRow:
     """One row's job through the local backend; a failure is the row's note, never an exception."""
     from stjobs import api
     from stjobs.launch import build_launch, shell_line
-    from stjobs.train.events import first, parse_events
+    from stjobs.train.events import first
 
     row = BenchRow(plan.key, plan.label, plan.strategy, launcher=plan.launcher, launch=launch_words(plan),
                    busy_cores_before=busy_cores(0.5))
@@ -119,12 +119,14 @@ def run_row(plan: RowPlan, args: list[str], out: Path) -> BenchRow:
     except StjobsError as exc:
         api.cancel(record.job_id)
         return replace(row, note=f"{exc}; cancelled")
-    log = "".join(api.logs(record.job_id))
-    events = parse_events(log)
+    events = api.events(record.job_id)  # the ranks' events files: never interleaved with another rank's output
     throughput = first(events, "throughput", rank=0) or {}
     steady = throughput.get("steady_samples_per_second")
-    if final.state.value != "COMPLETED" or not isinstance(steady, (int, float)):
-        return replace(row, note=f"job {record.job_id} ended {final.state.value}: {_why(final.reason, log)}; "
+    if final.state.value != "COMPLETED" or not isinstance(steady, (int, float)) or steady <= 0:
+        log = "".join(api.logs(record.job_id))
+        why = _why(final.reason, log) if final.state.value != "COMPLETED" or not throughput else \
+            f"its throughput event says {steady!r} samples/s ({throughput.get('steady_steps')} steady steps)"
+        return replace(row, note=f"job {record.job_id} ended {final.state.value}: {why}; "
                                  f"see `stjobs logs {record.job_id}`")
     wrapped = first(events, "wrapped", rank=0) or {}
     loss, losses = final_losses(events)
